@@ -1,0 +1,304 @@
+//! The typed schema of the whole control file (`shared/config-contract.md`, extended in
+//! `docs/configuration.md`). Every struct rejects unknown keys, so a typo is an error
+//! rather than a silently ignored setting.
+
+use crate::types::{Duration, HashOn, HostPort, LbPolicy, Protocol};
+use serde::{de, Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<OutboundConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<InboundConfig>,
+    #[serde(default)]
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    /// How long a graceful shutdown waits for in-flight requests.
+    #[serde(default = "defaults::drain_timeout")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "defaults::admin_listen")]
+    pub listen: HostPort,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: defaults::admin_listen() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    pub listen: HostPort,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matches: MatchConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Vec<SplitTarget>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorConfig>,
+    /// Whole request, retries included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Request authority without port: exact, `*.suffix`, or `*` for any; absent = any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitTarget {
+    pub cluster: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    pub cluster: String,
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    #[serde(default)]
+    pub retry_on: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<BackoffConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    pub ratio: f64,
+    pub min_per_second: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    pub listen: HostPort,
+    pub forward_to: HostPort,
+    #[serde(default)]
+    pub app_protocol: Protocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<InboundTlsConfig>,
+}
+
+/// File paths only: /config prints these, never the files' contents.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundTlsConfig {
+    pub cert: String,
+    pub key: String,
+    pub client_ca: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_identities: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    #[serde(default)]
+    pub lb: LbPolicy,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetectionConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTlsConfig>,
+}
+
+/// `10.0.0.11:8080` or `{ address: 10.0.0.12:8080, weight: 3 }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndpointConfig {
+    pub address: HostPort,
+    pub weight: u32,
+}
+
+impl<'de> Deserialize<'de> for EndpointConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Long {
+            address: HostPort,
+            #[serde(default = "defaults::weight")]
+            weight: u32,
+        }
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = EndpointConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`host:port` or `{ address: host:port, weight: N }`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<EndpointConfig, E> {
+                let address = v.parse().map_err(E::custom)?;
+                Ok(EndpointConfig { address, weight: 1 })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<EndpointConfig, A::Error> {
+                let long = Long::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(EndpointConfig { address: long.address, weight: long.weight })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    #[serde(default = "defaults::limit")]
+    pub max_connections: u32,
+    #[serde(default = "defaults::limit")]
+    pub max_pending_requests: u32,
+    #[serde(default = "defaults::limit")]
+    pub max_requests: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetectionConfig {
+    #[serde(default = "defaults::consecutive_failures")]
+    pub consecutive_failures: u32,
+    #[serde(default = "defaults::base_ejection_time")]
+    pub base_ejection_time: Duration,
+    #[serde(default = "defaults::max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    #[serde(default = "defaults::hc_interval")]
+    pub interval: Duration,
+    #[serde(default = "defaults::hc_timeout")]
+    pub timeout: Duration,
+    #[serde(default = "defaults::unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    #[serde(default = "defaults::healthy_threshold")]
+    pub healthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsConfig {
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
+    pub server_identity: String,
+}
+
+mod defaults {
+    use super::*;
+    pub fn admin_listen() -> HostPort {
+        HostPort { host: "127.0.0.1".into(), port: 9901 }
+    }
+    pub fn drain_timeout() -> Duration {
+        Duration::from_millis(10_000)
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_millis(1_000)
+    }
+    pub fn weight() -> u32 {
+        1
+    }
+    pub fn limit() -> u32 {
+        1024
+    }
+    pub fn consecutive_failures() -> u32 {
+        5
+    }
+    pub fn base_ejection_time() -> Duration {
+        Duration::from_millis(30_000)
+    }
+    pub fn max_ejection_percent() -> u32 {
+        50
+    }
+    pub fn hc_interval() -> Duration {
+        Duration::from_millis(5_000)
+    }
+    pub fn hc_timeout() -> Duration {
+        Duration::from_millis(1_000)
+    }
+    pub fn unhealthy_threshold() -> u32 {
+        2
+    }
+    pub fn healthy_threshold() -> u32 {
+        1
+    }
+}
+
+impl Config {
+    /// A one-line description for `octopus validate` and the startup log.
+    pub fn summary(&self) -> String {
+        let routes = self.outbound.as_ref().map_or(0, |o| o.routes.len());
+        let endpoints: usize = self.clusters.values().map(|c| c.endpoints.len()).sum();
+        let mut s = format!(
+            "{routes} route(s), {} cluster(s), {endpoints} endpoint(s); admin {}",
+            self.clusters.len(),
+            self.admin.listen
+        );
+        if let Some(o) = &self.outbound {
+            s.push_str(&format!(", outbound {}", o.listen));
+        }
+        if let Some(i) = &self.inbound {
+            s.push_str(&format!(", inbound {} -> {}", i.listen, i.forward_to));
+        }
+        s
+    }
+}

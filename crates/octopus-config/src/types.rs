@@ -1,0 +1,237 @@
+//! Scalar value types of the control file, each parsed from its string form with a
+//! message that says what was expected.
+
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// A duration written with a unit: `250ms`, `2s`, `1.5s`, `1m`, `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Duration(pub std::time::Duration);
+
+impl Duration {
+    pub const fn from_millis(ms: u64) -> Self {
+        Duration(std::time::Duration::from_millis(ms))
+    }
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl FromStr for Duration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid duration `{s}`: expected a number with a unit (ms, s, m, h), e.g. `250ms` or `2s`");
+        let s = s.trim();
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let (num, unit) = s.split_at(split);
+        if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
+            return Err(bad());
+        }
+        let value: f64 = num.parse().map_err(|_| bad())?;
+        let scale = match unit {
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        let secs = value * scale;
+        if !secs.is_finite() || secs > 365.0 * 24.0 * 3600.0 {
+            return Err(format!("invalid duration `{s}`: too large"));
+        }
+        Ok(Duration(std::time::Duration::from_secs_f64(secs)))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 == 0 && ms > 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+/// Implements `Deserialize` via `FromStr` (the value must be a string) and `Serialize`
+/// via `Display`, so every scalar type reads and prints in the file's own notation.
+macro_rules! string_serde {
+    ($ty:ty, $expecting:literal) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl de::Visitor<'_> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$ty, E> {
+                        v.parse().map_err(E::custom)
+                    }
+                }
+                d.deserialize_str(V)
+            }
+        }
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
+}
+
+string_serde!(Duration, "a duration such as `250ms` or `2s`");
+string_serde!(HostPort, "an address `host:port`");
+string_serde!(HashOn, "`header:NAME` or `cookie:NAME`");
+
+/// `host:port`, where host is an IP literal (IPv6 in brackets) or a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostPort {
+    /// The IP when the host is a literal.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+    pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+        self.ip().map(|ip| std::net::SocketAddr::new(ip, self.port))
+    }
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("invalid address `{s}`: {why}");
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, p) = rest.split_once("]:").ok_or_else(|| bad("expected `[ipv6]:port`"))?;
+            h.parse::<std::net::Ipv6Addr>().map_err(|_| bad("not an IPv6 address"))?;
+            (h, p)
+        } else {
+            let (h, p) = s.rsplit_once(':').ok_or_else(|| bad("expected `host:port`"))?;
+            if h.contains(':') {
+                return Err(bad("IPv6 addresses are written `[addr]:port`"));
+            }
+            (h, p)
+        };
+        let port: u16 = port.parse().map_err(|_| bad("the port must be a number 0-65535"))?;
+        let valid_name = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if host.parse::<IpAddr>().is_err() && !valid_name {
+            return Err(bad("the host is neither an IP address nor a DNS name"));
+        }
+        Ok(HostPort { host: host.to_ascii_lowercase(), port })
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// How octopus speaks to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), or negotiated by ALPN under TLS.
+    Http2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    LeastConnections,
+    Weighted,
+}
+
+/// The key a sticky split hashes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    Header(String),
+    Cookie(String),
+}
+
+impl FromStr for HashOn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some(("header", name)) if http_token(name) => Ok(HashOn::Header(name.to_ascii_lowercase())),
+            Some(("cookie", name)) if http_token(name) => Ok(HashOn::Cookie(name.to_string())),
+            _ => Err(format!("invalid hash_on `{s}`: expected `header:NAME` or `cookie:NAME`")),
+        }
+    }
+}
+
+impl fmt::Display for HashOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashOn::Header(n) => write!(f, "header:{n}"),
+            HashOn::Cookie(n) => write!(f, "cookie:{n}"),
+        }
+    }
+}
+
+/// An RFC 9110 token: header names, methods and cookie names are tokens.
+pub(crate) fn http_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!("250ms".parse::<Duration>().unwrap().get().as_millis(), 250);
+        assert_eq!("2s".parse::<Duration>().unwrap().get().as_secs(), 2);
+        assert_eq!("1.5s".parse::<Duration>().unwrap().get().as_millis(), 1500);
+        assert_eq!("1m".parse::<Duration>().unwrap().get().as_secs(), 60);
+        for bad in ["", "5", "s", "5x", "-1s", "1.s", ".5s", "1e3s", "5 s"] {
+            assert!(bad.parse::<Duration>().is_err(), "{bad}");
+        }
+        assert_eq!(Duration::from_millis(2000).to_string(), "2s");
+        assert_eq!(Duration::from_millis(250).to_string(), "250ms");
+    }
+
+    #[test]
+    fn addresses() {
+        let a: HostPort = "10.0.0.1:8080".parse().unwrap();
+        assert_eq!(a.socket_addr().unwrap().to_string(), "10.0.0.1:8080");
+        let b: HostPort = "[::1]:80".parse().unwrap();
+        assert_eq!(b.to_string(), "[::1]:80");
+        let c: HostPort = "Payments.svc:80".parse().unwrap();
+        assert_eq!(c.host, "payments.svc");
+        assert!(c.ip().is_none());
+        for bad in ["10.0.0.1", "10.0.0.1:http", "::1:80", "a b:80", ":80", "x:70000"] {
+            assert!(bad.parse::<HostPort>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hash_on() {
+        assert_eq!("header:X-User".parse::<HashOn>().unwrap(), HashOn::Header("x-user".into()));
+        assert_eq!("cookie:sid".parse::<HashOn>().unwrap(), HashOn::Cookie("sid".into()));
+        assert!("query:x".parse::<HashOn>().is_err());
+        assert!("header:".parse::<HashOn>().is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! Semantic checks: everything serde cannot express. All problems are collected so an
+//! operator fixes a file in one pass.
+
+use crate::error::ConfigError;
+use crate::schema::*;
+use crate::types::{http_token, HostPort, LbPolicy};
+use std::collections::{HashMap, HashSet};
+
+pub(crate) fn check(c: &Config) -> Vec<ConfigError> {
+    let mut v = Checker { errors: Vec::new() };
+    v.listeners(c);
+    if let Some(out) = &c.outbound {
+        v.routes(out, c);
+    }
+    if let Some(inb) = &c.inbound {
+        if inb.tls.is_some() {
+            v.unsupported("inbound.tls", "mTLS termination");
+        }
+    }
+    for (name, cluster) in &c.clusters {
+        v.cluster(name, cluster);
+    }
+    v.errors
+}
+
+struct Checker {
+    errors: Vec<ConfigError>,
+}
+
+impl Checker {
+    fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.errors.push(ConfigError::new(path, msg));
+    }
+
+    /// Keys whose behaviour has not landed yet are refused rather than ignored: a config
+    /// that asks for retries must never run without them.
+    fn unsupported(&mut self, path: &str, what: &str) {
+        self.err(path, format!("{what} is not supported yet by this octopus version"));
+    }
+
+    fn listeners(&mut self, c: &Config) {
+        let mut seen: HashMap<std::net::SocketAddr, &str> = HashMap::new();
+        let mut listen = |path: &'static str, hp: &HostPort, this: &mut Self| match hp.socket_addr() {
+            None => this.err(path, format!("`{hp}`: a listen address must be an IP literal and port, e.g. 127.0.0.1:15001")),
+            Some(sa) => {
+                if sa.port() != 0 {
+                    if let Some(other) = seen.insert(sa, path) {
+                        this.err(path, format!("`{hp}` is already used by {other}"));
+                    }
+                }
+            }
+        };
+        listen("admin.listen", &c.admin.listen, self);
+        if let Some(o) = &c.outbound {
+            listen("outbound.listen", &o.listen, self);
+        }
+        if let Some(i) = &c.inbound {
+            listen("inbound.listen", &i.listen, self);
+            if i.forward_to.port == 0 {
+                self.err("inbound.forward_to", "port 0 is not a valid destination");
+            }
+        }
+    }
+
+    fn routes(&mut self, out: &OutboundConfig, c: &Config) {
+        let mut names = HashSet::new();
+        for (i, r) in out.routes.iter().enumerate() {
+            let p = format!("outbound.routes[{i}]");
+            if !valid_label(&r.name) {
+                self.err(format!("{p}.name"), format!("`{}`: a route name must be 1-64 characters of [A-Za-z0-9_.-] (it is a metrics label)", r.name));
+            } else if !names.insert(r.name.as_str()) {
+                self.err(format!("{p}.name"), format!("duplicate route name `{}`", r.name));
+            }
+            self.matcher(&p, &r.matches);
+            let known = |name: &str| c.clusters.contains_key(name);
+            match (&r.cluster, &r.split) {
+                (Some(_), Some(_)) => self.err(&p, "set either `cluster` or `split`, not both"),
+                (None, None) => self.err(&p, "a route needs `cluster` or `split`"),
+                (Some(name), None) => {
+                    if !known(name) {
+                        self.err(format!("{p}.cluster"), format!("unknown cluster `{name}`"));
+                    }
+                }
+                (None, Some(split)) => {
+                    if split.is_empty() {
+                        self.err(format!("{p}.split"), "a split needs at least one cluster");
+                    } else if split.iter().all(|t| t.weight == 0) {
+                        self.err(format!("{p}.split"), "split weights are all 0: at least one must be positive");
+                    }
+                    let mut seen = HashSet::new();
+                    for (j, t) in split.iter().enumerate() {
+                        if !known(&t.cluster) {
+                            self.err(format!("{p}.split[{j}].cluster"), format!("unknown cluster `{}`", t.cluster));
+                        } else if !seen.insert(t.cluster.as_str()) {
+                            self.err(format!("{p}.split[{j}].cluster"), format!("cluster `{}` appears twice in this split", t.cluster));
+                        }
+                    }
+                }
+            }
+            if let Some(t) = r.timeout {
+                if t.get().is_zero() {
+                    self.err(format!("{p}.timeout"), "must be greater than 0");
+                }
+            }
+            if r.hash_on.is_some() {
+                self.unsupported(&format!("{p}.hash_on"), "sticky split (`hash_on`)");
+            }
+            if r.mirror.is_some() {
+                self.unsupported(&format!("{p}.mirror"), "traffic mirroring");
+            }
+            if r.retry.is_some() {
+                self.unsupported(&format!("{p}.retry"), "retries");
+            }
+        }
+    }
+
+    fn matcher(&mut self, p: &str, m: &MatchConfig) {
+        if let Some(h) = &m.host {
+            let name = h.strip_prefix("*.").unwrap_or(h);
+            let ok = h == "*"
+                || (!name.is_empty()
+                    && !name.contains('*')
+                    && !name.contains(':')
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)));
+            if !ok {
+                self.err(format!("{p}.match.host"), format!("`{h}`: expected a host name without port, `*.suffix`, or `*`"));
+            }
+        }
+        if let Some(pp) = &m.path_prefix {
+            if !pp.starts_with('/') {
+                self.err(format!("{p}.match.path_prefix"), format!("`{pp}` must start with `/`"));
+            }
+        }
+        if let Some(method) = &m.method {
+            if !http_token(method) {
+                self.err(format!("{p}.match.method"), format!("`{method}` is not an HTTP method"));
+            }
+        }
+        for (name, value) in &m.headers {
+            if !http_token(name) {
+                self.err(format!("{p}.match.headers.{name}"), "not a valid header name");
+            }
+            if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+                self.err(format!("{p}.match.headers.{name}"), "the value has control characters");
+            }
+        }
+    }
+
+    fn cluster(&mut self, name: &str, c: &ClusterConfig) {
+        let p = format!("clusters.{name}");
+        if !valid_label(name) {
+            self.err(&p, format!("`{name}`: a cluster name must be 1-64 characters of [A-Za-z0-9_.-] (it is a metrics label)"));
+        }
+        if c.lb != LbPolicy::RoundRobin {
+            self.unsupported(&format!("{p}.lb"), "this load-balancing policy");
+        }
+        if c.connect_timeout.get().is_zero() {
+            self.err(format!("{p}.connect_timeout"), "must be greater than 0");
+        }
+        let mut seen = HashSet::new();
+        for (i, e) in c.endpoints.iter().enumerate() {
+            let ep = format!("{p}.endpoints[{i}]");
+            if e.address.ip().is_none() {
+                self.unsupported(&ep, "DNS endpoints (use an IP address)");
+            }
+            if e.address.port == 0 {
+                self.err(&ep, "port 0 is not a valid destination");
+            }
+            if e.weight != 1 {
+                self.unsupported(&format!("{ep}.weight"), "endpoint weights");
+            }
+            if !seen.insert(&e.address) {
+                self.err(&ep, format!("duplicate endpoint `{}`", e.address));
+            }
+        }
+        if c.circuit_breaker.is_some() {
+            self.unsupported(&format!("{p}.circuit_breaker"), "circuit breaking");
+        }
+        if c.outlier_detection.is_some() {
+            self.unsupported(&format!("{p}.outlier_detection"), "outlier detection");
+        }
+        if c.health_check.is_some() {
+            self.unsupported(&format!("{p}.health_check"), "active health checking");
+        }
+        if c.tls.is_some() {
+            self.unsupported(&format!("{p}.tls"), "TLS origination");
+        }
+    }
+}
+
+fn valid_label(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
