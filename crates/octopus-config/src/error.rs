@@ -13,7 +13,12 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { path: path.into(), line: None, column: None, message: message.into() }
+        ConfigError {
+            path: path.into(),
+            line: None,
+            column: None,
+            message: message.into(),
+        }
     }
 
     pub(crate) fn from_yaml(e: &serde_yaml::Error) -> Self {
@@ -57,14 +62,23 @@ pub struct ConfigErrors {
 
 impl ConfigErrors {
     pub(crate) fn single(origin: &str, e: ConfigError) -> Self {
-        ConfigErrors { origin: origin.to_string(), errors: vec![e] }
+        ConfigErrors {
+            origin: origin.to_string(),
+            errors: vec![e],
+        }
     }
 }
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.errors.len();
-        write!(f, "{}: {} error{}", self.origin, n, if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{}: {} error{}",
+            self.origin,
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
         for e in &self.errors {
             write!(f, "\n  {}: {}", self.origin, e)?;
         }

@@ -22,7 +22,10 @@ pub use types::{Duration, HashOn, HostPort, LbPolicy, Protocol};
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors::single(&origin, ConfigError::new("", format!("cannot read file: {e}")))
+        ConfigErrors::single(
+            &origin,
+            ConfigError::new("", format!("cannot read file: {e}")),
+        )
     })?;
     load_str(&text, &origin)
 }
@@ -32,7 +35,10 @@ pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
     if text.trim().is_empty() {
         return Err(ConfigErrors::single(
             origin,
-            ConfigError::new("", "the file is empty; at least `admin:` or a listener is required"),
+            ConfigError::new(
+                "",
+                "the file is empty; at least `admin:` or a listener is required",
+            ),
         ));
     }
     let config: Config =
@@ -47,7 +53,10 @@ pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
             e.line = lines.line_of(&e.path);
         }
     }
-    Err(ConfigErrors { origin: origin.to_string(), errors })
+    Err(ConfigErrors {
+        origin: origin.to_string(),
+        errors,
+    })
 }
 
 /// The one place YAML is turned into typed structs: swapping the YAML library means
@@ -61,7 +70,12 @@ mod tests {
     use super::*;
 
     fn errors(text: &str) -> Vec<String> {
-        load_str(text, "t.yaml").unwrap_err().errors.iter().map(|e| e.to_string()).collect()
+        load_str(text, "t.yaml")
+            .unwrap_err()
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]
@@ -76,9 +90,15 @@ mod tests {
     #[test]
     fn bad_duration_and_address_are_located() {
         let e = errors("clusters:\n  c:\n    endpoints: [127.0.0.1:1]\n    connect_timeout: 5x\n");
-        assert!(e[0].contains("line 4") && e[0].contains("invalid duration `5x`"), "{e:?}");
+        assert!(
+            e[0].contains("line 4") && e[0].contains("invalid duration `5x`"),
+            "{e:?}"
+        );
         let e = errors("clusters:\n  c:\n    endpoints: [127.0.0.1]\n");
-        assert!(e[0].contains("line 3") && e[0].contains("invalid address `127.0.0.1`"), "{e:?}");
+        assert!(
+            e[0].contains("line 3") && e[0].contains("invalid address `127.0.0.1`"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -98,8 +118,14 @@ clusters:
 ";
         let e = errors(text);
         assert_eq!(e.len(), 3, "{e:?}");
-        assert_eq!(e[0], "line 5: outbound.routes[0].cluster: unknown cluster `nope`");
-        assert_eq!(e[1], "line 6: outbound.routes[1].name: duplicate route name `a`");
+        assert_eq!(
+            e[0],
+            "line 5: outbound.routes[0].cluster: unknown cluster `nope`"
+        );
+        assert_eq!(
+            e[1],
+            "line 6: outbound.routes[1].name: duplicate route name `a`"
+        );
         assert_eq!(e[2], "line 7: outbound.routes[1].split: split weights are all 0: at least one must be positive");
     }
 

@@ -11,8 +11,14 @@ pub(crate) struct LineIndex {
 
 enum Frame {
     /// `key` is the last key read; `None` while a key is expected.
-    Map { path: String, key: Option<String> },
-    Seq { path: String, next: usize },
+    Map {
+        path: String,
+        key: Option<String>,
+    },
+    Seq {
+        path: String,
+        next: usize,
+    },
 }
 
 impl LineIndex {
@@ -26,11 +32,16 @@ impl LineIndex {
             let line = span.start.line();
             let is_start = matches!(
                 event,
-                Event::Scalar(..) | Event::MappingStart(..) | Event::SequenceStart(..) | Event::Alias(_)
+                Event::Scalar(..)
+                    | Event::MappingStart(..)
+                    | Event::SequenceStart(..)
+                    | Event::Alias(_)
             );
             if is_start {
                 // A scalar in key position of a mapping is a key, not a node.
-                if let (Some(Frame::Map { path, key }), Event::Scalar(k, ..)) = (stack.last_mut(), &event) {
+                if let (Some(Frame::Map { path, key }), Event::Scalar(k, ..)) =
+                    (stack.last_mut(), &event)
+                {
                     if key.is_none() {
                         let child = join(path, k);
                         lines.entry(child).or_insert(line);
@@ -40,7 +51,9 @@ impl LineIndex {
                 }
                 let path = match stack.last_mut() {
                     None => String::new(),
-                    Some(Frame::Map { path, key }) => join(path, key.take().as_deref().unwrap_or("")),
+                    Some(Frame::Map { path, key }) => {
+                        join(path, key.take().as_deref().unwrap_or(""))
+                    }
                     Some(Frame::Seq { path, next }) => {
                         *next += 1;
                         format!("{path}[{}]", *next - 1)

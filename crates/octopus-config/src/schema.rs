@@ -6,7 +6,7 @@ use crate::types::{Duration, HashOn, HostPort, LbPolicy, Protocol};
 use serde::{de, Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -22,7 +22,7 @@ pub struct Config {
     pub drain_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "defaults::admin_listen")]
@@ -31,11 +31,13 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: defaults::admin_listen() }
+        AdminConfig {
+            listen: defaults::admin_listen(),
+        }
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
     pub listen: HostPort,
@@ -43,7 +45,7 @@ pub struct OutboundConfig {
     pub routes: Vec<RouteConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
@@ -64,7 +66,7 @@ pub struct RouteConfig {
     pub retry: Option<RetryConfig>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     /// Request authority without port: exact, `*.suffix`, or `*` for any; absent = any.
@@ -78,21 +80,21 @@ pub struct MatchConfig {
     pub headers: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitTarget {
     pub cluster: String,
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
     pub cluster: String,
     pub percent: f64,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     pub attempts: u32,
@@ -106,21 +108,21 @@ pub struct RetryConfig {
     pub budget: Option<BudgetConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
     pub base: Duration,
     pub max: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     pub ratio: f64,
     pub min_per_second: u32,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboundConfig {
     pub listen: HostPort,
@@ -132,7 +134,7 @@ pub struct InboundConfig {
 }
 
 /// File paths only: /config prints these, never the files' contents.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboundTlsConfig {
     pub cert: String,
@@ -142,7 +144,7 @@ pub struct InboundTlsConfig {
     pub allowed_identities: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     #[serde(default)]
@@ -191,14 +193,17 @@ impl<'de> Deserialize<'de> for EndpointConfig {
             }
             fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<EndpointConfig, A::Error> {
                 let long = Long::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(EndpointConfig { address: long.address, weight: long.weight })
+                Ok(EndpointConfig {
+                    address: long.address,
+                    weight: long.weight,
+                })
             }
         }
         d.deserialize_any(V)
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
     #[serde(default = "defaults::limit")]
@@ -209,7 +214,7 @@ pub struct CircuitBreakerConfig {
     pub max_requests: u32,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierDetectionConfig {
     #[serde(default = "defaults::consecutive_failures")]
@@ -220,7 +225,7 @@ pub struct OutlierDetectionConfig {
     pub max_ejection_percent: u32,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     pub path: String,
@@ -234,7 +239,7 @@ pub struct HealthCheckConfig {
     pub healthy_threshold: u32,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterTlsConfig {
     pub cert: String,
@@ -246,7 +251,10 @@ pub struct ClusterTlsConfig {
 mod defaults {
     use super::*;
     pub fn admin_listen() -> HostPort {
-        HostPort { host: "127.0.0.1".into(), port: 9901 }
+        HostPort {
+            host: "127.0.0.1".into(),
+            port: 9901,
+        }
     }
     pub fn drain_timeout() -> Duration {
         Duration::from_millis(10_000)

@@ -22,9 +22,13 @@ impl Duration {
 impl FromStr for Duration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid duration `{s}`: expected a number with a unit (ms, s, m, h), e.g. `250ms` or `2s`");
+        let bad = || {
+            format!("invalid duration `{s}`: expected a number with a unit (ms, s, m, h), e.g. `250ms` or `2s`")
+        };
         let s = s.trim();
-        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
         let (num, unit) = s.split_at(split);
         if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
             return Err(bad());
@@ -109,28 +113,40 @@ impl FromStr for HostPort {
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = |why: &str| format!("invalid address `{s}`: {why}");
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (h, p) = rest.split_once("]:").ok_or_else(|| bad("expected `[ipv6]:port`"))?;
-            h.parse::<std::net::Ipv6Addr>().map_err(|_| bad("not an IPv6 address"))?;
+            let (h, p) = rest
+                .split_once("]:")
+                .ok_or_else(|| bad("expected `[ipv6]:port`"))?;
+            h.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| bad("not an IPv6 address"))?;
             (h, p)
         } else {
-            let (h, p) = s.rsplit_once(':').ok_or_else(|| bad("expected `host:port`"))?;
+            let (h, p) = s
+                .rsplit_once(':')
+                .ok_or_else(|| bad("expected `host:port`"))?;
             if h.contains(':') {
                 return Err(bad("IPv6 addresses are written `[addr]:port`"));
             }
             (h, p)
         };
-        let port: u16 = port.parse().map_err(|_| bad("the port must be a number 0-65535"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| bad("the port must be a number 0-65535"))?;
         let valid_name = !host.is_empty()
             && host.len() <= 253
             && host.split('.').all(|label| {
                 !label.is_empty()
                     && label.len() <= 63
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             });
         if host.parse::<IpAddr>().is_err() && !valid_name {
             return Err(bad("the host is neither an IP address nor a DNS name"));
         }
-        Ok(HostPort { host: host.to_ascii_lowercase(), port })
+        Ok(HostPort {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
     }
 }
 
@@ -174,9 +190,13 @@ impl FromStr for HashOn {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s.split_once(':') {
-            Some(("header", name)) if http_token(name) => Ok(HashOn::Header(name.to_ascii_lowercase())),
+            Some(("header", name)) if http_token(name) => {
+                Ok(HashOn::Header(name.to_ascii_lowercase()))
+            }
             Some(("cookie", name)) if http_token(name) => Ok(HashOn::Cookie(name.to_string())),
-            _ => Err(format!("invalid hash_on `{s}`: expected `header:NAME` or `cookie:NAME`")),
+            _ => Err(format!(
+                "invalid hash_on `{s}`: expected `header:NAME` or `cookie:NAME`"
+            )),
         }
     }
 }
@@ -193,7 +213,8 @@ impl fmt::Display for HashOn {
 /// An RFC 9110 token: header names, methods and cookie names are tokens.
 pub(crate) fn http_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]
@@ -222,15 +243,28 @@ mod tests {
         let c: HostPort = "Payments.svc:80".parse().unwrap();
         assert_eq!(c.host, "payments.svc");
         assert!(c.ip().is_none());
-        for bad in ["10.0.0.1", "10.0.0.1:http", "::1:80", "a b:80", ":80", "x:70000"] {
+        for bad in [
+            "10.0.0.1",
+            "10.0.0.1:http",
+            "::1:80",
+            "a b:80",
+            ":80",
+            "x:70000",
+        ] {
             assert!(bad.parse::<HostPort>().is_err(), "{bad}");
         }
     }
 
     #[test]
     fn hash_on() {
-        assert_eq!("header:X-User".parse::<HashOn>().unwrap(), HashOn::Header("x-user".into()));
-        assert_eq!("cookie:sid".parse::<HashOn>().unwrap(), HashOn::Cookie("sid".into()));
+        assert_eq!(
+            "header:X-User".parse::<HashOn>().unwrap(),
+            HashOn::Header("x-user".into())
+        );
+        assert_eq!(
+            "cookie:sid".parse::<HashOn>().unwrap(),
+            HashOn::Cookie("sid".into())
+        );
         assert!("query:x".parse::<HashOn>().is_err());
         assert!("header:".parse::<HashOn>().is_err());
     }

@@ -35,13 +35,22 @@ impl Checker {
     /// Keys whose behaviour has not landed yet are refused rather than ignored: a config
     /// that asks for retries must never run without them.
     fn unsupported(&mut self, path: &str, what: &str) {
-        self.err(path, format!("{what} is not supported yet by this octopus version"));
+        self.err(
+            path,
+            format!("{what} is not supported yet by this octopus version"),
+        );
     }
 
     fn listeners(&mut self, c: &Config) {
         let mut seen: HashMap<std::net::SocketAddr, &str> = HashMap::new();
-        let mut listen = |path: &'static str, hp: &HostPort, this: &mut Self| match hp.socket_addr() {
-            None => this.err(path, format!("`{hp}`: a listen address must be an IP literal and port, e.g. 127.0.0.1:15001")),
+        let mut listen = |path: &'static str, hp: &HostPort, this: &mut Self| match hp.socket_addr()
+        {
+            None => this.err(
+                path,
+                format!(
+                    "`{hp}`: a listen address must be an IP literal and port, e.g. 127.0.0.1:15001"
+                ),
+            ),
             Some(sa) => {
                 if sa.port() != 0 {
                     if let Some(other) = seen.insert(sa, path) {
@@ -69,7 +78,10 @@ impl Checker {
             if !valid_label(&r.name) {
                 self.err(format!("{p}.name"), format!("`{}`: a route name must be 1-64 characters of [A-Za-z0-9_.-] (it is a metrics label)", r.name));
             } else if !names.insert(r.name.as_str()) {
-                self.err(format!("{p}.name"), format!("duplicate route name `{}`", r.name));
+                self.err(
+                    format!("{p}.name"),
+                    format!("duplicate route name `{}`", r.name),
+                );
             }
             self.matcher(&p, &r.matches);
             let known = |name: &str| c.clusters.contains_key(name);
@@ -85,14 +97,23 @@ impl Checker {
                     if split.is_empty() {
                         self.err(format!("{p}.split"), "a split needs at least one cluster");
                     } else if split.iter().all(|t| t.weight == 0) {
-                        self.err(format!("{p}.split"), "split weights are all 0: at least one must be positive");
+                        self.err(
+                            format!("{p}.split"),
+                            "split weights are all 0: at least one must be positive",
+                        );
                     }
                     let mut seen = HashSet::new();
                     for (j, t) in split.iter().enumerate() {
                         if !known(&t.cluster) {
-                            self.err(format!("{p}.split[{j}].cluster"), format!("unknown cluster `{}`", t.cluster));
+                            self.err(
+                                format!("{p}.split[{j}].cluster"),
+                                format!("unknown cluster `{}`", t.cluster),
+                            );
                         } else if !seen.insert(t.cluster.as_str()) {
-                            self.err(format!("{p}.split[{j}].cluster"), format!("cluster `{}` appears twice in this split", t.cluster));
+                            self.err(
+                                format!("{p}.split[{j}].cluster"),
+                                format!("cluster `{}` appears twice in this split", t.cluster),
+                            );
                         }
                     }
                 }
@@ -121,27 +142,44 @@ impl Checker {
                 || (!name.is_empty()
                     && !name.contains('*')
                     && !name.contains(':')
-                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)));
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)));
             if !ok {
-                self.err(format!("{p}.match.host"), format!("`{h}`: expected a host name without port, `*.suffix`, or `*`"));
+                self.err(
+                    format!("{p}.match.host"),
+                    format!("`{h}`: expected a host name without port, `*.suffix`, or `*`"),
+                );
             }
         }
         if let Some(pp) = &m.path_prefix {
             if !pp.starts_with('/') {
-                self.err(format!("{p}.match.path_prefix"), format!("`{pp}` must start with `/`"));
+                self.err(
+                    format!("{p}.match.path_prefix"),
+                    format!("`{pp}` must start with `/`"),
+                );
             }
         }
         if let Some(method) = &m.method {
             if !http_token(method) {
-                self.err(format!("{p}.match.method"), format!("`{method}` is not an HTTP method"));
+                self.err(
+                    format!("{p}.match.method"),
+                    format!("`{method}` is not an HTTP method"),
+                );
             }
         }
         for (name, value) in &m.headers {
             if !http_token(name) {
-                self.err(format!("{p}.match.headers.{name}"), "not a valid header name");
+                self.err(
+                    format!("{p}.match.headers.{name}"),
+                    "not a valid header name",
+                );
             }
             if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
-                self.err(format!("{p}.match.headers.{name}"), "the value has control characters");
+                self.err(
+                    format!("{p}.match.headers.{name}"),
+                    "the value has control characters",
+                );
             }
         }
     }
@@ -189,5 +227,7 @@ impl Checker {
 }
 
 fn valid_label(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }

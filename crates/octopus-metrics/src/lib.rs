@@ -1,1 +1,214 @@
+//! Octopus metrics: one Prometheus registry per process holding the contract's metric
+//! families (`shared/config-contract.md`), plus process metrics read from /proc.
+//!
+//! Label values come from config names and endpoint addresses only, never from request
+//! data, so cardinality is bounded by the config.
 #![forbid(unsafe_code)]
+
+mod process;
+
+use arc_swap::ArcSwap;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Request latency buckets (seconds): sub-millisecond proxy hops up to slow upstreams.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// All metric families of one octopus process.
+pub struct Metrics {
+    registry: Registry,
+    requests_total: IntCounterVec,
+    request_duration: HistogramVec,
+    pub config_reloads_total: IntCounterVec,
+    pub config_generation: IntGauge,
+    pub connections_total: IntCounterVec,
+    pub connections_active: IntGaugeVec,
+    process: process::ProcessMetrics,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let requests_total = IntCounterVec::new(
+            Opts::new(
+                "octopus_requests_total",
+                "Requests answered, by direction, route, cluster and status code.",
+            ),
+            &["direction", "route", "cluster", "code"],
+        )
+        .expect("static metric definition");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "octopus_request_duration_seconds",
+                "Time from receiving a request's head to sending the response head, retries included.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["direction", "route", "cluster"],
+        )
+        .expect("static metric definition");
+        let config_reloads_total = IntCounterVec::new(
+            Opts::new(
+                "octopus_config_reloads_total",
+                "Config reload attempts by result (success|failure).",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let config_generation = IntGauge::new(
+            "octopus_config_generation",
+            "Generation of the config now serving; 1 at start, +1 per successful reload.",
+        )
+        .expect("static metric definition");
+        let connections_total = IntCounterVec::new(
+            Opts::new(
+                "octopus_connections_total",
+                "Downstream connections accepted, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("static metric definition");
+        let connections_active = IntGaugeVec::new(
+            Opts::new(
+                "octopus_connections_active",
+                "Downstream connections open now, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("static metric definition");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "octopus_build_info",
+                "Always 1; labelled with the octopus version.",
+            ),
+            &["version"],
+        )
+        .expect("static metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let process = process::ProcessMetrics::new();
+        // Registering distinct, statically named families cannot fail.
+        for c in [
+            Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(config_reloads_total.clone()),
+            Box::new(config_generation.clone()),
+            Box::new(connections_total.clone()),
+            Box::new(connections_active.clone()),
+            Box::new(build_info),
+        ]
+        .into_iter()
+        .chain(process.collectors())
+        {
+            registry
+                .register(c)
+                .expect("metric families have distinct names");
+        }
+        // Both results exist from the start so alerts on `increase(...)` see a series.
+        for r in ["success", "failure"] {
+            config_reloads_total.with_label_values(&[r]);
+        }
+        Arc::new(Metrics {
+            registry,
+            requests_total,
+            request_duration,
+            config_reloads_total,
+            config_generation,
+            connections_total,
+            connections_active,
+            process,
+        })
+    }
+
+    /// Handles for one (direction, route, cluster) target, resolved once when the
+    /// routing table is compiled so the request path does no label look-ups.
+    pub fn target(&self, direction: &str, route: &str, cluster: &str) -> TargetMetrics {
+        TargetMetrics {
+            duration: self
+                .request_duration
+                .with_label_values(&[direction, route, cluster]),
+            labels: Arc::new([
+                direction.to_string(),
+                route.to_string(),
+                cluster.to_string(),
+            ]),
+            family: self.requests_total.clone(),
+            codes: Arc::new(ArcSwap::from_pointee(Vec::new())),
+        }
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> String {
+        self.process.refresh();
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        // Encoding well-formed families into a Vec cannot fail.
+        if TextEncoder::new().encode(&families, &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Per-target request metrics. Status-code counters are created on first use and
+/// kept in a copy-on-write list: reads are a lock-free load and a short scan.
+#[derive(Clone)]
+pub struct TargetMetrics {
+    duration: Histogram,
+    labels: Arc<[String; 3]>,
+    family: IntCounterVec,
+    codes: Arc<ArcSwap<Vec<(u16, IntCounter)>>>,
+}
+
+impl TargetMetrics {
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
+        self.counter(status).inc();
+    }
+
+    fn counter(&self, status: u16) -> IntCounter {
+        if let Some((_, c)) = self.codes.load().iter().find(|(s, _)| *s == status) {
+            return c.clone();
+        }
+        let [d, r, c] = &*self.labels;
+        let counter = self
+            .family
+            .with_label_values(&[d, r, c, &status.to_string()]);
+        self.codes.rcu(|list| {
+            let mut list = Vec::clone(list);
+            if !list.iter().any(|(s, _)| *s == status) {
+                list.push((status, counter.clone()));
+            }
+            list
+        });
+        counter
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_by_labels() {
+        let m = Metrics::new();
+        let t = m.target("outbound", "r1", "c1");
+        t.record(200, Duration::from_millis(3));
+        t.record(200, Duration::from_millis(3));
+        t.record(503, Duration::from_millis(1));
+        let text = m.encode();
+        assert!(text.contains(r#"octopus_requests_total{cluster="c1",code="200",direction="outbound",route="r1"} 2"#), "{text}");
+        assert!(text.contains(
+            r#"octopus_requests_total{cluster="c1",code="503",direction="outbound",route="r1"} 1"#
+        ));
+        assert!(text.contains(r#"octopus_request_duration_seconds_count{cluster="c1",direction="outbound",route="r1"} 3"#));
+        assert!(text.contains("process_resident_memory_bytes"));
+        assert!(text.contains(r#"octopus_config_reloads_total{result="failure"} 0"#));
+    }
+}

@@ -1,1 +1,43 @@
+//! The Octopus data plane: listeners, the routing table, and the tower layers a
+//! request passes through.
+//!
+//! Outbound path, outer to inner (see `docs/architecture.md`):
+//! listener -> router (one `ArcSwap` load) -> route timeout -> split -> balancer
+//! -> endpoint (pooled hyper client -> connector). Services are boxed
+//! ([`BoxService`]) at each module boundary so the stack stays cheap to compile.
 #![forbid(unsafe_code)]
+
+mod admin;
+pub mod balance;
+pub mod body;
+pub mod endpoint;
+pub mod error;
+pub mod handler;
+pub mod headers;
+mod listener;
+mod proxy;
+pub mod router;
+pub mod snapshot;
+pub mod split;
+pub mod timeout;
+
+use arc_swap::ArcSwap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+pub use error::ProxyError;
+pub use proxy::{Proxy, ReloadError, StartError};
+
+/// The type-erased service every layer boundary uses.
+pub type BoxService = tower::util::BoxCloneSyncService<
+    http::Request<body::Body>,
+    http::Response<body::Body>,
+    ProxyError,
+>;
+
+/// State shared by every connection of one proxy.
+pub(crate) struct Shared {
+    pub(crate) snapshot: ArcSwap<snapshot::Snapshot>,
+    pub(crate) metrics: Arc<octopus_metrics::Metrics>,
+    pub(crate) ready: AtomicBool,
+}

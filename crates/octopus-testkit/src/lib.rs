@@ -1,1 +1,276 @@
+//! Programmable upstream servers for octopus' tests and `make run`'s demo.
+//!
+//! An [`Upstream`] is a real HTTP server on 127.0.0.1 (HTTP/1.1 and h2c, or h2c only)
+//! whose behaviour is chosen per request by path:
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/status/NNN` | status NNN |
+//! | `/delay/MS` | waits MS milliseconds, then the echo |
+//! | `/echo-body` | streams the request body back |
+//! | `/bytes/N` | N bytes, streamed in 64 KiB chunks |
+//! | any, with `Upgrade:` | 101, then echoes raw bytes on the upgraded connection |
+//! | anything else | JSON: upstream name, method, path, HTTP version, headers |
+//!
+//! Every response carries `x-upstream: <name>`. [`Upstream::hits`] counts requests.
 #![forbid(unsafe_code)]
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub type TestBody = BoxBody<Bytes, hyper::Error>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocols {
+    /// HTTP/1.1 and h2c prior knowledge, detected per connection.
+    Auto,
+    /// h2c only: an HTTP/1.1 request fails.
+    Http2Only,
+    /// HTTP/1.1 only.
+    Http1Only,
+}
+
+pub struct Upstream {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    /// An upstream on an ephemeral 127.0.0.1 port speaking HTTP/1.1 and h2c.
+    pub async fn start(name: &str) -> Upstream {
+        Self::start_with(
+            name,
+            Protocols::Auto,
+            "127.0.0.1:0".parse().expect("literal address"),
+        )
+        .await
+    }
+
+    pub async fn start_h2(name: &str) -> Upstream {
+        Self::start_with(
+            name,
+            Protocols::Http2Only,
+            "127.0.0.1:0".parse().expect("literal address"),
+        )
+        .await
+    }
+
+    /// Panics when the address cannot be bound: a test or demo set-up error.
+    pub async fn start_with(name: &str, protocols: Protocols, addr: SocketAddr) -> Upstream {
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind upstream {name} on {addr}: {e}"));
+        let addr = listener
+            .local_addr()
+            .expect("bound listener has an address");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let name: Arc<str> = name.into();
+        let h = hits.clone();
+        let task = tokio::spawn(async move {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            match protocols {
+                Protocols::Auto => {}
+                Protocols::Http2Only => builder = builder.http2_only(),
+                Protocols::Http1Only => builder = builder.http1_only(),
+            }
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (name, hits, builder) = (name.clone(), h.clone(), builder.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        respond(name.clone(), req)
+                    });
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, hits, task }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting; established connections end when their tasks next fail.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An address nothing listens on: connecting to it is refused.
+pub async fn dead_address() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind ephemeral port");
+    let addr = l.local_addr().expect("bound listener has an address");
+    drop(l);
+    addr
+}
+
+/// A server that accepts connections and closes them at once, before any response:
+/// what a crashing or resetting upstream looks like.
+pub async fn closing_server() -> (SocketAddr, JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind ephemeral port");
+    let addr = l.local_addr().expect("bound listener has an address");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            drop(s);
+        }
+    });
+    (addr, task)
+}
+
+fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+async fn respond(
+    name: Arc<str>,
+    mut req: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    let mut resp = if req.headers().contains_key(header::UPGRADE) {
+        upgrade(&mut req)
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        let mut r = Response::new(full(format!("status {code} from {name}\n")));
+        *r.status_mut() = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
+        r
+    } else if let Some(ms) = path.strip_prefix("/delay/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        Response::new(full(describe(&name, &req)))
+    } else if path == "/echo-body" {
+        Response::new(req.into_body().boxed())
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        Response::new(stream_bytes(n.parse().unwrap_or(0)))
+    } else {
+        Response::new(full(describe(&name, &req)))
+    };
+    if let Ok(v) = HeaderValue::from_str(&name) {
+        resp.headers_mut().insert("x-upstream", v);
+    }
+    Ok(resp)
+}
+
+fn describe(name: &str, req: &Request<Incoming>) -> String {
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+            )
+        })
+        .collect();
+    let v = serde_json::json!({
+        "upstream": name,
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+        "authority": req.uri().authority().map(|a| a.as_str()),
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+    });
+    format!("{v}\n")
+}
+
+fn stream_bytes(n: usize) -> TestBody {
+    BodyExt::boxed(Repeat {
+        left: n,
+        chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+    })
+}
+
+/// `left` bytes of `x`, produced chunk by chunk as the reader pulls them.
+struct Repeat {
+    left: usize,
+    chunk: Bytes,
+}
+
+impl http_body::Body for Repeat {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let take = self.left.min(self.chunk.len());
+        self.left -= take;
+        std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..take)))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left as u64)
+    }
+}
+
+/// Answers 101 and echoes raw bytes on the upgraded connection until the peer closes.
+fn upgrade(req: &mut Request<Incoming>) -> Response<TestBody> {
+    let on = hyper::upgrade::on(&mut *req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on.await {
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match io.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if io.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let mut r = Response::new(full(""));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    let proto = req
+        .headers()
+        .get(header::UPGRADE)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("websocket"));
+    r.headers_mut().insert(header::UPGRADE, proto);
+    r
+}

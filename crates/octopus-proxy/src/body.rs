@@ -1,0 +1,66 @@
+//! The one body type that flows through every layer: a boxed stream of bytes. Bodies
+//! are streamed, never collected, so memory per request stays bounded.
+//!
+//! A newtype rather than an alias: with the `dyn Error` inside a type alias, rustc
+//! cannot prove the request futures `Send` (higher-ranked lifetime inference), and a
+//! concrete type also keeps every service signature short.
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub struct Body(http_body_util::combinators::BoxBody<Bytes, BoxError>);
+
+impl Body {
+    pub fn new<B>(body: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Body(body.map_err(Into::into).boxed())
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Body")
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.0).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Body::new(Full::new(data.into()))
+}
+
+pub fn empty() -> Body {
+    Body::new(Empty::<Bytes>::new())
+}
+
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    Body::new(body)
+}

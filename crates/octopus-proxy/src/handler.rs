@@ -1,0 +1,139 @@
+//! The request path of the outbound and inbound listeners: route, adjust headers, call
+//! the route's service stack, turn errors into responses, record metrics, and splice
+//! upgraded (WebSocket) connections.
+
+use crate::body::{self, Body};
+use crate::error::{ProxyError, ServedBy};
+use crate::headers;
+use crate::snapshot::{Inbound, Route, NONE_LABEL};
+use crate::Shared;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use octopus_metrics::TargetMetrics;
+use std::net::SocketAddr;
+use std::time::Instant;
+use tower::ServiceExt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
+
+enum Target<'a> {
+    Route(&'a Route),
+    Inbound(&'a Inbound),
+}
+
+impl Target<'_> {
+    fn metrics(&self, cluster: Option<&str>) -> &TargetMetrics {
+        match self {
+            Target::Route(r) => r.metrics_for(cluster),
+            Target::Inbound(i) => &i.metrics,
+        }
+    }
+}
+
+pub(crate) async fn handle(
+    shared: &Shared,
+    dir: Direction,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let start = Instant::now();
+    // One lock-free load per request; the Arc keeps this config alive until we finish.
+    let snap = shared.snapshot.load_full();
+    let authority = headers::authority(&req);
+    let target = match dir {
+        Direction::Outbound => {
+            let host = authority.as_ref().map(headers::route_host);
+            let Some(out) = snap.outbound.as_ref() else {
+                return ProxyError::NoRoute.into_response();
+            };
+            match out.router.find(host.as_deref(), &req) {
+                Some(route) => Target::Route(route),
+                None => {
+                    let resp = ProxyError::NoRoute.into_response();
+                    out.no_route.record(resp.status().as_u16(), start.elapsed());
+                    return resp;
+                }
+            }
+        }
+        Direction::Inbound => match snap.inbound.as_ref() {
+            Some(inb) => Target::Inbound(inb),
+            None => return ProxyError::NoRoute.into_response(),
+        },
+    };
+    let service = match &target {
+        Target::Route(r) => r.service.clone(),
+        Target::Inbound(i) => i.cluster.service(),
+    };
+
+    let upgrade = headers::is_upgrade_request(&req);
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut req = req.map(body::boxed);
+    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    headers::append_forwarded_for(req.headers_mut(), peer.ip());
+    if req.uri().authority().is_none() {
+        if let Some(uri) = authority
+            .as_ref()
+            .and_then(|a| headers::upstream_uri(Some(a), req.uri(), ""))
+        {
+            *req.uri_mut() = uri;
+        }
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+
+    let resp = match service.oneshot(req).await {
+        Ok(mut resp) => {
+            if headers::is_upgrade_response(&resp) {
+                match downstream_upgrade {
+                    Some(down) => {
+                        let up = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(tunnel(down, up));
+                        headers::strip_hop_by_hop(resp.headers_mut(), true);
+                        resp
+                    }
+                    // A 101 the client did not ask for cannot be relayed.
+                    None => ProxyError::BadResponse {
+                        cluster: cluster_of(&resp).unwrap_or_else(|| NONE_LABEL.into()),
+                        reason: "switched protocols without an upgrade request",
+                    }
+                    .into_response(),
+                }
+            } else {
+                headers::strip_hop_by_hop(resp.headers_mut(), false);
+                resp
+            }
+        }
+        Err(e) => {
+            tracing::debug!(?dir, %method, %path, error = %e, "request failed");
+            e.into_response()
+        }
+    };
+    let cluster = resp.extensions().get::<ServedBy>().map(|s| s.0.clone());
+    target
+        .metrics(cluster.as_deref())
+        .record(resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+fn cluster_of<B>(resp: &Response<B>) -> Option<std::sync::Arc<str>> {
+    resp.extensions().get::<ServedBy>().map(|s| s.0.clone())
+}
+
+/// Splices the client's and the upstream's upgraded connections until either closes.
+async fn tunnel(down: OnUpgrade, up: OnUpgrade) {
+    match tokio::try_join!(down, up) {
+        Ok((down, up)) => {
+            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}

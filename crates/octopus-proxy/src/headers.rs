@@ -1,0 +1,162 @@
+//! Header rules applied at the proxy hop: hop-by-hop removal (RFC 9110 section 7.6.1),
+//! `x-forwarded-for`, and reading the request's authority for routing.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use std::net::IpAddr;
+
+/// Headers that describe one connection, never forwarded.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including any the `Connection` header names. With
+/// `keep_upgrade` the `Connection: upgrade` / `Upgrade` pair is kept, so a WebSocket
+/// handshake can reach the upstream.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let upgrade = keep_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    if let Some(u) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, u);
+    }
+}
+
+/// True for an HTTP/1.1 request that asks to switch protocols (e.g. WebSocket).
+pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
+    req.version() == http::Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+pub fn is_upgrade_response<B>(resp: &Response<B>) -> bool {
+    resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Appends the client address to `x-forwarded-for`, keeping earlier hops.
+pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
+        _ => client.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(xff, v);
+    }
+}
+
+/// The request's authority: the URI's (HTTP/2 `:authority`, absolute-form) or the
+/// `Host` header's. `None` when neither is present or it is not a valid authority.
+pub fn authority<B>(req: &Request<B>) -> Option<http::uri::Authority> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.clone());
+    }
+    let host = req.headers().get(header::HOST)?.to_str().ok()?;
+    host.parse().ok()
+}
+
+/// Host name for routing: lower-case, without port or IPv6 brackets.
+pub fn route_host(authority: &http::uri::Authority) -> String {
+    authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
+}
+
+/// `http://<authority><path?query>`: the form the upstream client needs; the chosen
+/// endpoint's address is dialled regardless of this authority.
+pub fn upstream_uri(
+    authority: Option<&http::uri::Authority>,
+    original: &Uri,
+    fallback: &str,
+) -> Option<Uri> {
+    let pq = original.path_and_query().map_or("/", |p| p.as_str());
+    let auth = authority.map_or(fallback, |a| a.as_str());
+    Uri::builder()
+        .scheme("http")
+        .authority(auth)
+        .path_and_query(pq)
+        .build()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn keeps_upgrade_pair_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, "10.0.0.1".parse().unwrap());
+        append_forwarded_for(&mut h, "::1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
+    }
+
+    #[test]
+    fn authority_and_host() {
+        let req = Request::builder()
+            .uri("/x")
+            .header("host", "Payments:8080")
+            .body(())
+            .unwrap();
+        let a = authority(&req).unwrap();
+        assert_eq!(route_host(&a), "payments");
+        let uri = upstream_uri(Some(&a), req.uri(), "1.2.3.4:1").unwrap();
+        assert_eq!(uri.to_string(), "http://Payments:8080/x");
+        let v6: http::uri::Authority = "[::1]:80".parse().unwrap();
+        assert_eq!(route_host(&v6), "::1");
+    }
+}

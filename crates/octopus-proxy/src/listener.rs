@@ -1,0 +1,85 @@
+//! Accept loops. Every listener speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c),
+//! detected per connection, and drains gracefully: on shutdown it stops accepting,
+//! asks open connections to close after their in-flight requests, and waits.
+
+use crate::body::Body;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use octopus_metrics::Metrics;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// A slow client gets this long to send a request head (slowloris protection).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after an accept error (e.g. EMFILE) instead of spinning on it.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+fn connection_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+/// Serves `listener` until `stop` fires, then drains its connections.
+pub(crate) async fn serve<H, Fut>(
+    listener: TcpListener,
+    name: &'static str,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let builder = connection_builder();
+    let graceful = GracefulShutdown::new();
+    let accepted = metrics.connections_total.with_label_values(&[name]);
+    let active = metrics.connections_active.with_label_values(&[name]);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.changed() => break,
+            res = listener.accept() => match res {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(listener = name, error = %e, "accept failed; backing off");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        accepted.inc();
+        active.inc();
+        let h = handler.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let fut = h(req, peer);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let conn = graceful.watch(
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned(),
+        );
+        let active = active.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+            }
+            active.dec();
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}

@@ -1,0 +1,265 @@
+//! The compiled, immutable form of a config: route table, cluster services, metric
+//! handles. A reload compiles a whole new snapshot beside the old one and swaps it in
+//! with one store; requests keep the snapshot they started with until they end.
+//!
+//! Live state that must survive a reload (endpoint pools and counters) lives in
+//! [`Cluster`]s, which a new snapshot takes over from the old one when their spec is
+//! unchanged.
+
+use crate::balance::RoundRobin;
+use crate::endpoint::{Endpoint, EndpointService, EndpointStats};
+use crate::router::{Matcher, Router};
+use crate::split::Split;
+use crate::timeout::TimeoutLayer;
+use crate::BoxService;
+use octopus_config::{ClusterConfig, Config, Protocol};
+use octopus_metrics::{Metrics, TargetMetrics};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tower::Layer;
+
+/// Label of the inbound listener's route and of the local application as a cluster.
+pub const INBOUND_ROUTE: &str = "inbound";
+pub const LOCAL_APP: &str = "local_app";
+/// Metric label for requests no route matched, or that failed before a cluster was chosen.
+pub const NONE_LABEL: &str = "none";
+
+const INBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub struct Cluster {
+    pub name: Arc<str>,
+    pub spec: ClusterConfig,
+    endpoints: Vec<Arc<Endpoint>>,
+    service: BoxService,
+}
+
+impl Cluster {
+    fn build(name: &str, spec: &ClusterConfig) -> Result<Arc<Cluster>, CompileError> {
+        let name: Arc<str> = name.into();
+        let endpoints = spec
+            .endpoints
+            .iter()
+            .map(|e| {
+                let addr = e.address.socket_addr().ok_or_else(|| {
+                    CompileError(format!(
+                        "cluster `{name}`: endpoint {} is not an IP address",
+                        e.address
+                    ))
+                })?;
+                Ok(Endpoint::new(
+                    name.clone(),
+                    addr,
+                    spec.protocol,
+                    spec.connect_timeout.get(),
+                ))
+            })
+            .collect::<Result<Vec<_>, CompileError>>()?;
+        Ok(Self::from_endpoints(name, spec.clone(), endpoints))
+    }
+
+    fn from_endpoints(
+        name: Arc<str>,
+        spec: ClusterConfig,
+        endpoints: Vec<Arc<Endpoint>>,
+    ) -> Arc<Cluster> {
+        let services = endpoints.iter().cloned().map(EndpointService).collect();
+        let service = BoxService::new(RoundRobin::new(name.clone(), services));
+        Arc::new(Cluster {
+            name,
+            spec,
+            endpoints,
+            service,
+        })
+    }
+
+    pub fn service(&self) -> BoxService {
+        self.service.clone()
+    }
+
+    pub fn endpoint_stats(&self) -> Vec<EndpointStats> {
+        self.endpoints.iter().map(|e| e.stats()).collect()
+    }
+}
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub service: BoxService,
+    targets: Vec<(Arc<str>, TargetMetrics)>,
+    /// For responses that name no cluster (e.g. the route timeout fired): the route's
+    /// only cluster when it has one, else `none`.
+    fallback: TargetMetrics,
+}
+
+impl Route {
+    pub fn metrics_for(&self, cluster: Option<&str>) -> &TargetMetrics {
+        cluster
+            .and_then(|c| self.targets.iter().find(|(name, _)| &**name == c))
+            .map_or(&self.fallback, |(_, m)| m)
+    }
+}
+
+pub struct Outbound {
+    pub router: Router<Route>,
+    pub no_route: TargetMetrics,
+}
+
+pub struct Inbound {
+    pub cluster: Arc<Cluster>,
+    pub forward_to: SocketAddr,
+    pub protocol: Protocol,
+    pub metrics: TargetMetrics,
+}
+
+pub struct Snapshot {
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    pub source: Option<String>,
+    pub config: Arc<Config>,
+    pub outbound: Option<Outbound>,
+    pub inbound: Option<Inbound>,
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CompileError(pub String);
+
+impl Snapshot {
+    /// Compiles a validated config. Clusters (and the inbound target) whose spec did not
+    /// change are taken over from `previous`, keeping their pools and counters.
+    pub fn compile(
+        config: Config,
+        generation: u64,
+        source: Option<String>,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+    ) -> Result<Snapshot, CompileError> {
+        let mut clusters = BTreeMap::new();
+        for (name, spec) in &config.clusters {
+            let reused = previous
+                .and_then(|p| p.clusters.get(name))
+                .filter(|c| &c.spec == spec)
+                .cloned();
+            let cluster = match reused {
+                Some(c) => c,
+                None => Cluster::build(name, spec)?,
+            };
+            clusters.insert(name.clone(), cluster);
+        }
+
+        let outbound = match &config.outbound {
+            None => None,
+            Some(out) => {
+                let mut routes = Vec::with_capacity(out.routes.len());
+                for r in &out.routes {
+                    let matcher = Matcher::compile(&r.matches)
+                        .map_err(|e| CompileError(format!("route `{}`: {e}", r.name)))?;
+                    let weighted: Vec<(u32, &str)> = match (&r.cluster, &r.split) {
+                        (Some(c), _) => vec![(1, c.as_str())],
+                        (None, Some(split)) => split
+                            .iter()
+                            .map(|t| (t.weight, t.cluster.as_str()))
+                            .collect(),
+                        (None, None) => {
+                            return Err(CompileError(format!("route `{}` has no cluster", r.name)))
+                        }
+                    };
+                    let lookup = |c: &str| {
+                        clusters.get(c).ok_or_else(|| {
+                            CompileError(format!("route `{}`: unknown cluster `{c}`", r.name))
+                        })
+                    };
+                    let mut service = if weighted.len() == 1 {
+                        lookup(weighted[0].1)?.service()
+                    } else {
+                        let targets = weighted
+                            .iter()
+                            .map(|(w, c)| Ok((*w, lookup(c)?.service())))
+                            .collect::<Result<Vec<_>, CompileError>>()?;
+                        BoxService::new(Split::new(targets))
+                    };
+                    if let Some(t) = r.timeout {
+                        service = BoxService::new(TimeoutLayer::new(t.get()).layer(service));
+                    }
+                    let targets: Vec<(Arc<str>, TargetMetrics)> = weighted
+                        .iter()
+                        .map(|(_, c)| {
+                            (Arc::<str>::from(*c), metrics.target("outbound", &r.name, c))
+                        })
+                        .collect();
+                    let fallback = match targets.as_slice() {
+                        [(_, only)] => only.clone(),
+                        _ => metrics.target("outbound", &r.name, NONE_LABEL),
+                    };
+                    routes.push((
+                        matcher,
+                        Route {
+                            name: r.name.as_str().into(),
+                            service,
+                            targets,
+                            fallback,
+                        },
+                    ));
+                }
+                Some(Outbound {
+                    router: Router::new(routes),
+                    no_route: metrics.target("outbound", NONE_LABEL, NONE_LABEL),
+                })
+            }
+        };
+
+        let inbound = match &config.inbound {
+            None => None,
+            Some(inb) => {
+                let forward_to = inb.forward_to.socket_addr().ok_or_else(|| {
+                    CompileError(format!(
+                        "inbound.forward_to {} is not an IP address",
+                        inb.forward_to
+                    ))
+                })?;
+                let reused = previous
+                    .and_then(|p| p.inbound.as_ref())
+                    .filter(|i| i.forward_to == forward_to && i.protocol == inb.app_protocol)
+                    .map(|i| i.cluster.clone());
+                let cluster = reused.unwrap_or_else(|| {
+                    let name: Arc<str> = LOCAL_APP.into();
+                    let ep = Endpoint::new(
+                        name.clone(),
+                        forward_to,
+                        inb.app_protocol,
+                        INBOUND_CONNECT_TIMEOUT,
+                    );
+                    let spec = ClusterConfig {
+                        lb: Default::default(),
+                        protocol: inb.app_protocol,
+                        endpoints: vec![],
+                        connect_timeout: octopus_config::Duration(INBOUND_CONNECT_TIMEOUT),
+                        circuit_breaker: None,
+                        outlier_detection: None,
+                        health_check: None,
+                        tls: None,
+                    };
+                    Cluster::from_endpoints(name, spec, vec![ep])
+                });
+                Some(Inbound {
+                    cluster,
+                    forward_to,
+                    protocol: inb.app_protocol,
+                    metrics: metrics.target("inbound", INBOUND_ROUTE, LOCAL_APP),
+                })
+            }
+        };
+
+        Ok(Snapshot {
+            generation,
+            loaded_at: SystemTime::now(),
+            source,
+            config: Arc::new(config),
+            outbound,
+            inbound,
+            clusters,
+        })
+    }
+}

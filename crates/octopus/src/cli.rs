@@ -1,0 +1,63 @@
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Octopus: a small, fast service-mesh sidecar proxy.
+#[derive(Debug, Parser)]
+#[command(name = "octopus", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "OCTOPUS_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log level or filter (e.g. `info`, `octopus_proxy=debug`); RUST_LOG overrides it.
+    #[arg(long, global = true, env = "OCTOPUS_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (the default when no command is given).
+    Run(RunArgs),
+    /// Check a config file without starting anything: exit 0 and a summary, or exit 1
+    /// and every error with its line and field path.
+    Validate(ConfigArg),
+}
+
+impl Default for Command {
+    fn default() -> Self {
+        Command::Run(RunArgs {
+            config: ConfigArg {
+                config: default_config(),
+            },
+            worker_threads: None,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The YAML control file.
+    #[arg(long, short, default_value_os_t = default_config(), env = "OCTOPUS_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Runtime worker threads; default: the container's CPU quota (cgroup v2 `cpu.max`),
+    /// rounded up, else 1, so a sidecar never takes every core of the node.
+    #[arg(long, env = "OCTOPUS_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+}
+
+fn default_config() -> PathBuf {
+    PathBuf::from("config/octopus.yaml")
+}

@@ -1,0 +1,118 @@
+use crate::cli::{ConfigArg, RunArgs};
+use octopus_config::Config;
+use octopus_metrics::Metrics;
+use octopus_proxy::Proxy;
+use std::process::ExitCode;
+
+pub fn validate(args: &ConfigArg) -> ExitCode {
+    match octopus_config::load_file(&args.config) {
+        Ok(config) => {
+            println!("{}: OK: {}", args.config.display(), config.summary());
+            for line in split_report(&config) {
+                println!("  {line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Effective traffic shares of each split route, so an operator can check a canary
+/// edit before saving it.
+fn split_report(config: &Config) -> Vec<String> {
+    let Some(out) = &config.outbound else {
+        return Vec::new();
+    };
+    out.routes
+        .iter()
+        .filter_map(|r| {
+            let split = r.split.as_ref()?;
+            let total: u64 = split.iter().map(|t| u64::from(t.weight)).sum();
+            let shares: Vec<String> = split
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} {:.1}%",
+                        t.cluster,
+                        100.0 * f64::from(t.weight) / total.max(1) as f64
+                    )
+                })
+                .collect();
+            Some(format!("route {}: {}", r.name, shares.join(", ")))
+        })
+        .collect()
+}
+
+pub fn run(args: RunArgs) -> ExitCode {
+    let path = args.config.config;
+    let config = match octopus_config::load_file(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            tracing::error!("refusing to start: invalid config\n{errors}");
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let workers = args
+        .worker_threads
+        .unwrap_or_else(crate::workers::default_worker_threads)
+        .max(1);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("octopus: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), workers, "starting: {}", config.summary());
+    runtime.block_on(async move {
+        let drain = config.drain_timeout.get();
+        let proxy =
+            match Proxy::start(config, Some(path.display().to_string()), Metrics::new()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start");
+                    eprintln!("octopus: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+        if let Err(e) = signals::wait_for_shutdown(&proxy, &path).await {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+        tracing::info!(?drain, "shutting down: draining in-flight requests");
+        let drained = proxy.shutdown(drain).await;
+        tracing::info!(drained, "stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+mod signals {
+    use octopus_proxy::Proxy;
+    use std::path::Path;
+    use tokio::signal::unix::{signal, SignalKind};
+
+    /// Serves SIGHUP as "reload the config file" until SIGTERM or SIGINT arrives.
+    pub async fn wait_for_shutdown(proxy: &Proxy, path: &Path) -> std::io::Result<()> {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+                _ = hup.recv() => match proxy.reload_file(path) {
+                    Ok(generation) => tracing::info!(generation, file = %path.display(), "SIGHUP: config reloaded"),
+                    Err(e) => tracing::error!(file = %path.display(), "SIGHUP: reload rejected, the previous config keeps serving: {e}"),
+                },
+            }
+        }
+    }
+}
