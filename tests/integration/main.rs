@@ -1,1 +1,8 @@
+//! End-to-end tests: octopus on ephemeral 127.0.0.1 ports in front of real upstreams.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
+mod errors;
+mod protocols;
+mod reload;
+mod routing;

@@ -1,1 +1,169 @@
+//! Shared helpers for the end-to-end tests: start octopus in-process from YAML text on
+//! ephemeral loopback ports, and talk to it over HTTP/1.1 or h2c.
 #![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use octopus_metrics::Metrics;
+use octopus_proxy::Proxy;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use octopus_testkit::{closing_server, dead_address, Protocols, Upstream};
+
+/// Parses and validates control-file text like a real file. Unless the text sets
+/// `admin:`, the admin listener goes on an ephemeral port so tests can run in parallel.
+pub fn parse(yaml: &str) -> octopus_config::Config {
+    let mut config = octopus_config::load_str(yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}"));
+    if !yaml.contains("admin:") {
+        config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    }
+    config
+}
+
+/// Starts octopus from control-file text (see [`parse`]).
+pub async fn start(yaml: &str) -> Proxy {
+    Proxy::start(parse(yaml), None, Metrics::new())
+        .await
+        .expect("octopus starts")
+}
+
+/// A cluster block with the given endpoints, for building test configs.
+pub fn cluster(name: &str, protocol: &str, endpoints: &[SocketAddr]) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|a| a.to_string()).collect();
+    format!(
+        "  {name}:\n    protocol: {protocol}\n    endpoints: [{}]\n",
+        eps.join(", ")
+    )
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// The demo upstream's JSON description of the request it received.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn upstream(&self) -> String {
+        self.headers
+            .get("x-upstream")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// HTTP/1.1 through a keep-alive pool (the `Host` header names the service), or h2c
+/// prior knowledge over one multiplexed connection (`:authority` names it).
+#[derive(Clone)]
+pub enum HttpClient {
+    Http1(Client<HttpConnector, Full<Bytes>>),
+    Http2(
+        SocketAddr,
+        Arc<tokio::sync::OnceCell<SendRequest<Full<Bytes>>>>,
+    ),
+}
+
+impl HttpClient {
+    pub fn http1() -> Self {
+        HttpClient::Http1(Client::builder(TokioExecutor::new()).build_http())
+    }
+
+    /// An h2c client that dials `addr` whatever authority its requests carry.
+    pub fn http2(addr: SocketAddr) -> Self {
+        HttpClient::Http2(addr, Arc::new(tokio::sync::OnceCell::new()))
+    }
+
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
+        let resp = match self {
+            HttpClient::Http1(c) => c.request(req).await.expect("request reaches octopus"),
+            HttpClient::Http2(addr, cell) => {
+                let sender = cell
+                    .get_or_init(|| async {
+                        let io = TokioIo::new(
+                            tokio::net::TcpStream::connect(*addr)
+                                .await
+                                .expect("connect"),
+                        );
+                        let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+                            .await
+                            .expect("h2 handshake");
+                        tokio::spawn(conn);
+                        sender
+                    })
+                    .await;
+                sender
+                    .clone()
+                    .send_request(req)
+                    .await
+                    .expect("request reaches octopus")
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("response body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// GET `path` from service `host` through octopus at `addr`.
+    pub async fn get(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut b = match self {
+            HttpClient::Http1(_) => {
+                Request::get(format!("http://{addr}{path}")).header("host", host)
+            }
+            HttpClient::Http2(..) => Request::get(format!("http://{host}{path}")),
+        };
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.send(b.body(Full::default()).unwrap()).await
+    }
+}
+
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
+    HttpClient::http1().get(addr, host, path, &[]).await
+}
+
+/// GET on the admin port.
+pub async fn admin(proxy: &Proxy, path: &str) -> Reply {
+    get(proxy.admin_addr(), "admin", path).await
+}
+
+/// A request body fed chunk by chunk from the test, to prove bodies stream through
+/// octopus rather than being collected first.
+pub struct ChannelBody(pub tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
