@@ -69,7 +69,7 @@ impl Reply {
 /// prior knowledge over one multiplexed connection (`:authority` names it).
 #[derive(Clone)]
 pub enum HttpClient {
-    Http1(Client<HttpConnector, Full<Bytes>>),
+    Http1(Box<Client<HttpConnector, Full<Bytes>>>),
     Http2(
         SocketAddr,
         Arc<tokio::sync::OnceCell<SendRequest<Full<Bytes>>>>,
@@ -78,7 +78,7 @@ pub enum HttpClient {
 
 impl HttpClient {
     pub fn http1() -> Self {
-        HttpClient::Http1(Client::builder(TokioExecutor::new()).build_http())
+        HttpClient::Http1(Box::new(Client::builder(TokioExecutor::new()).build_http()))
     }
 
     /// An h2c client that dials `addr` whatever authority its requests carry.

@@ -138,7 +138,8 @@ impl Proxy {
             admin_handler,
         ));
         shared.ready.store(true, Ordering::Release);
-        tracing::info!(admin = %admin_addr, outbound = ?outbound_addr, inbound = ?inbound_addr, "octopus is serving");
+        let show = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_string(), |a| a.to_string());
+        tracing::info!(admin = %admin_addr, outbound = %show(outbound_addr), inbound = %show(inbound_addr), "octopus is serving");
         Ok(Proxy {
             shared,
             admin_addr,

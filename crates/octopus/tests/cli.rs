@@ -1,0 +1,339 @@
+//! The `octopus` binary as operators run it: `validate`, signals, graceful shutdown,
+//! and the memory a streamed transfer costs the proxy process.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use octopus_testkit::Upstream;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_octopus");
+
+fn temp_config(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("octopus-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn validate(path: &Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn validate_accepts_the_shipped_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/octopus.yaml");
+    let (code, stdout, stderr) = validate(&root);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(": OK: 3 route(s), 3 cluster(s), 4 endpoint(s)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("route payments: payments-v1 90.0%, payments-v2 10.0%"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn validate_reports_each_kind_of_error_with_line_and_path() {
+    let route = |body: &str| {
+        format!("outbound:\n  listen: 127.0.0.1:15001\n  routes:\n{body}clusters:\n  c:\n    endpoints: [127.0.0.1:8080]\n")
+    };
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "unknown-key",
+            route("    - name: a\n      match: { hots: x }\n      cluster: c\n"),
+            vec![
+                "line 5 column",
+                "outbound.routes[0].match: unknown field `hots`",
+            ],
+        ),
+        (
+            "bad-duration",
+            route("    - name: a\n      cluster: c\n      timeout: 2 seconds\n"),
+            vec![
+                "line 6",
+                "outbound.routes[0].timeout",
+                "invalid duration `2 seconds`",
+            ],
+        ),
+        (
+            "bad-address",
+            "clusters:\n  c:\n    endpoints: [10.0.0.1]\n".to_string(),
+            vec![
+                "line 3",
+                "clusters.c.endpoints[0]",
+                "invalid address `10.0.0.1`",
+            ],
+        ),
+        (
+            "zero-weights",
+            route("    - name: a\n      split:\n        - { cluster: c, weight: 0 }\n"),
+            vec!["line 5: outbound.routes[0].split: split weights are all 0"],
+        ),
+        (
+            "unknown-cluster",
+            route("    - name: a\n      cluster: nope\n"),
+            vec!["line 5: outbound.routes[0].cluster: unknown cluster `nope`"],
+        ),
+        (
+            "duplicate-route",
+            route("    - name: a\n      cluster: c\n    - name: a\n      cluster: c\n"),
+            vec!["line 6: outbound.routes[1].name: duplicate route name `a`"],
+        ),
+        (
+            "not-supported-yet",
+            route("    - name: a\n      cluster: c\n      retry: { attempts: 3 }\n"),
+            vec!["line 6: outbound.routes[0].retry: retries is not supported yet"],
+        ),
+        (
+            "syntax",
+            "outbound:\n  listen: [127.0.0.1:1\n".to_string(),
+            vec!["line"],
+        ),
+    ];
+    for (name, text, needles) in cases {
+        let (code, stdout, stderr) = validate(&temp_config(&format!("{name}.yaml"), &text));
+        assert_eq!(code, 1, "{name}: {stdout}");
+        for n in needles {
+            assert!(stderr.contains(n), "{name}: `{n}` not in:\n{stderr}");
+        }
+    }
+    // Several semantic errors are all reported at once.
+    let two = route("    - name: a\n      cluster: nope\n    - name: a\n      cluster: c\n");
+    let (_, _, stderr) = validate(&temp_config("two.yaml", &two));
+    assert!(stderr.contains("2 errors"), "{stderr}");
+    let (code, _, stderr) = validate(Path::new("/nonexistent/octopus.yaml"));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot read file"), "{stderr}");
+}
+
+#[test]
+fn version_flag() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("octopus "));
+}
+
+/// A running octopus process, killed on drop if a test failed before stopping it.
+struct Daemon {
+    child: Child,
+    admin: SocketAddr,
+    outbound: SocketAddr,
+}
+
+impl Daemon {
+    fn start(config: &Path) -> Daemon {
+        let mut child = Command::new(BIN)
+            .args([
+                "--log-format",
+                "json",
+                "run",
+                "--worker-threads",
+                "2",
+                "--config",
+            ])
+            .arg(config)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "octopus is serving" {
+                        let _ = tx.send(v);
+                    }
+                }
+            }
+        });
+        let v = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("octopus reports its listeners");
+        let addr = |k: &str| v[k].as_str().unwrap().parse().unwrap();
+        Daemon {
+            admin: addr("admin"),
+            outbound: addr("outbound"),
+            child,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, sig: &str) {
+        assert!(Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Peak and current resident memory in KiB, from /proc.
+    fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap()
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proxy_config(name: &str, up: SocketAddr, drain: &str) -> PathBuf {
+    temp_config(
+        name,
+        &format!(
+            "admin: {{ listen: 127.0.0.1:0 }}\noutbound:\n  listen: 127.0.0.1:0\n  routes:\n    - {{ name: r, match: {{ host: svc }}, cluster: svc, timeout: 10s }}\nclusters:\n  svc:\n    endpoints: [{up}]\ndrain_timeout: {drain}\n"
+        ),
+    )
+}
+
+async fn send(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Bytes,
+) -> (u16, Bytes) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("host", "svc")
+        .body(Full::new(body))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+fn client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let up = Upstream::start("slow").await;
+    let mut d = Daemon::start(&proxy_config("drain.yaml", up.addr(), "5s"));
+    let (outbound, admin) = (d.outbound, d.admin);
+    let c = client();
+    let in_flight =
+        tokio::spawn(async move { send(&c, outbound, "GET", "/delay/1500", Bytes::new()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No longer accepting: the listener is closed while the slow request drains.
+    assert!(
+        tokio::net::TcpStream::connect(outbound).await.is_err(),
+        "new connections are refused"
+    );
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(
+        tokio::task::spawn_blocking(move || d.wait_exit(Duration::from_secs(5)))
+            .await
+            .unwrap(),
+        Some(0)
+    );
+    assert!(tokio::net::TcpStream::connect(admin).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_deadline_bounds_shutdown() {
+    let up = Upstream::start("stuck").await;
+    let mut d = Daemon::start(&proxy_config("deadline.yaml", up.addr(), "300ms"));
+    let outbound = d.outbound;
+    let _stuck =
+        tokio::spawn(
+            async move { send(&client(), outbound, "GET", "/delay/8000", Bytes::new()).await },
+        );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    d.signal("-TERM");
+    let code = tokio::task::spawn_blocking(move || d.wait_exit(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "exited after the drain deadline, not the request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_10mib_bodies_keep_proxy_memory_bounded() {
+    const SIZE: usize = 10 * 1024 * 1024;
+    let up = Upstream::start("big").await;
+    let d = Daemon::start(&proxy_config("memory.yaml", up.addr(), "1s"));
+    let c = client();
+    // Warm up pools and allocator arenas, then measure the peak across big transfers.
+    send(&c, d.outbound, "GET", "/", Bytes::new()).await;
+    let (hwm_before, idle_rss) = d.memory_kib();
+    let upload = Bytes::from(vec![7u8; SIZE]);
+    for _ in 0..3 {
+        let (status, echoed) = send(&c, d.outbound, "POST", "/echo-body", upload.clone()).await;
+        assert_eq!((status, echoed.len()), (200, SIZE));
+        let (status, got) = send(
+            &c,
+            d.outbound,
+            "GET",
+            &format!("/bytes/{SIZE}"),
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!((status, got.len()), (200, SIZE));
+    }
+    let (hwm_after, _) = d.memory_kib();
+    let growth = hwm_after.saturating_sub(hwm_before);
+    eprintln!("octopus idle RSS {idle_rss} KiB; peak before {hwm_before} KiB, after 60 MiB streamed {hwm_after} KiB");
+    // Buffering even one body would add 10 MiB to the peak.
+    assert!(
+        growth < 8 * 1024,
+        "proxy peak memory grew by {growth} KiB while streaming 10 MiB bodies"
+    );
+}
