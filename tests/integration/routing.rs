@@ -172,7 +172,7 @@ async fn forwards_headers_like_a_proxy() {
                 ("connection", "x-private"),
                 ("x-private", "secret"),
                 ("x-forwarded-for", "10.1.2.3"),
-                ("te", "trailers"),
+                ("te", "deflate"),
             ],
         )
         .await;

@@ -65,6 +65,12 @@ impl Checker {
         }
         if let Some(i) = &c.inbound {
             listen("inbound.listen", &i.listen, self);
+            if i.forward_to.ip().is_none() {
+                self.unsupported(
+                    "inbound.forward_to",
+                    "a DNS name here (use an IP address such as 127.0.0.1)",
+                );
+            }
             if i.forward_to.port == 0 {
                 self.err("inbound.forward_to", "port 0 is not a valid destination");
             }
@@ -75,7 +81,12 @@ impl Checker {
         let mut names = HashSet::new();
         for (i, r) in out.routes.iter().enumerate() {
             let p = format!("outbound.routes[{i}]");
-            if !valid_label(&r.name) {
+            if RESERVED_ROUTE_LABELS.contains(&r.name.as_str()) {
+                self.err(
+                    format!("{p}.name"),
+                    format!("`{}` is reserved for octopus' own metric labels", r.name),
+                );
+            } else if !valid_label(&r.name) {
                 self.err(format!("{p}.name"), format!("`{}`: a route name must be 1-64 characters of [A-Za-z0-9_.-] (it is a metrics label)", r.name));
             } else if !names.insert(r.name.as_str()) {
                 self.err(
@@ -186,7 +197,12 @@ impl Checker {
 
     fn cluster(&mut self, name: &str, c: &ClusterConfig) {
         let p = format!("clusters.{name}");
-        if !valid_label(name) {
+        if RESERVED_CLUSTER_LABELS.contains(&name) {
+            self.err(
+                &p,
+                format!("`{name}` is reserved for octopus' own metric labels"),
+            );
+        } else if !valid_label(name) {
             self.err(&p, format!("`{name}`: a cluster name must be 1-64 characters of [A-Za-z0-9_.-] (it is a metrics label)"));
         }
         if c.lb != LbPolicy::RoundRobin {
@@ -225,6 +241,11 @@ impl Checker {
         }
     }
 }
+
+/// Label values octopus uses itself: unmatched requests (`none`) and the inbound
+/// listener (`inbound` / `local_app`). A config using them would merge series.
+const RESERVED_ROUTE_LABELS: [&str; 2] = ["none", "inbound"];
+const RESERVED_CLUSTER_LABELS: [&str; 2] = ["none", "local_app"];
 
 fn valid_label(s: &str) -> bool {
     (1..=64).contains(&s.len())

@@ -28,6 +28,13 @@ enum Target<'a> {
 }
 
 impl Target<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Target::Route(r) => &r.name,
+            Target::Inbound(_) => crate::snapshot::INBOUND_ROUTE,
+        }
+    }
+
     fn metrics(&self, cluster: Option<&str>) -> &TargetMetrics {
         match self {
             Target::Route(r) => r.metrics_for(cluster),
@@ -52,7 +59,7 @@ pub(crate) async fn handle(
             let Some(out) = snap.outbound.as_ref() else {
                 return ProxyError::NoRoute.into_response();
             };
-            match out.router.find(host.as_deref(), &req) {
+            match out.router.find(host, &req) {
                 Some(route) => Target::Route(route),
                 None => {
                     let resp = ProxyError::NoRoute.into_response();
@@ -84,8 +91,6 @@ pub(crate) async fn handle(
             *req.uri_mut() = uri;
         }
     }
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
 
     let resp = match service.oneshot(req).await {
         Ok(mut resp) => {
@@ -110,7 +115,7 @@ pub(crate) async fn handle(
             }
         }
         Err(e) => {
-            tracing::debug!(?dir, %method, %path, error = %e, "request failed");
+            tracing::debug!(?dir, route = target.name(), error = %e, "request failed");
             e.into_response()
         }
     };

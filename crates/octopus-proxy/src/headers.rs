@@ -5,13 +5,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use std::net::IpAddr;
 
-/// Headers that describe one connection, never forwarded.
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// Headers that describe one connection, never forwarded (`TE` is handled apart).
+const HOP_BY_HOP: [HeaderName; 5] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -30,6 +28,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let upgrade = keep_upgrade
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();
+    // `TE: trailers` is kept: gRPC requires it end to end, and it promises nothing about
+    // this connection that the next hop could misread. Any other TE is dropped.
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers {
+        headers.remove(header::TE);
+    }
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
@@ -62,10 +68,15 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Appends the client address to `x-forwarded-for`, keeping earlier hops.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
-        _ => client.to_string(),
-    };
+    // Several header lines form one comma-separated list (RFC 9110 section 5.3).
+    let mut value = String::new();
+    for prev in headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()) {
+        if !prev.trim().is_empty() {
+            value.push_str(prev.trim());
+            value.push_str(", ");
+        }
+    }
+    value.push_str(&client.to_string());
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(xff, v);
     }
@@ -81,13 +92,13 @@ pub fn authority<B>(req: &Request<B>) -> Option<http::uri::Authority> {
     host.parse().ok()
 }
 
-/// Host name for routing: lower-case, without port or IPv6 brackets.
-pub fn route_host(authority: &http::uri::Authority) -> String {
+/// Host name for routing, without port or IPv6 brackets; matching ignores case, so
+/// no lower-cased copy is made per request.
+pub fn route_host(authority: &http::uri::Authority) -> &str {
     authority
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']')
-        .to_ascii_lowercase()
 }
 
 /// `http://<authority><path?query>`: the form the upstream client needs; the chosen
@@ -120,11 +131,18 @@ mod tests {
         );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(
+            h[header::TE],
+            "trailers",
+            "gRPC needs TE: trailers end to end"
+        );
     }
 
     #[test]
@@ -143,6 +161,10 @@ mod tests {
         append_forwarded_for(&mut h, "10.0.0.1".parse().unwrap());
         append_forwarded_for(&mut h, "::1".parse().unwrap());
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
+        h.append("x-forwarded-for", HeaderValue::from_static("10.9.9.9"));
+        append_forwarded_for(&mut h, "10.0.0.2".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1, 10.9.9.9, 10.0.0.2");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
     }
 
     #[test]
@@ -153,7 +175,7 @@ mod tests {
             .body(())
             .unwrap();
         let a = authority(&req).unwrap();
-        assert_eq!(route_host(&a), "payments");
+        assert_eq!(route_host(&a), "Payments");
         let uri = upstream_uri(Some(&a), req.uri(), "1.2.3.4:1").unwrap();
         assert_eq!(uri.to_string(), "http://Payments:8080/x");
         let v6: http::uri::Authority = "[::1]:80".parse().unwrap();

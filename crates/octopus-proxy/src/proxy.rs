@@ -162,6 +162,10 @@ impl Proxy {
     pub fn inbound_addr(&self) -> Option<SocketAddr> {
         self.inbound_addr
     }
+    /// The drain deadline of the config serving now (it may have been reloaded).
+    pub fn drain_timeout(&self) -> Duration {
+        self.shared.snapshot.load().config.drain_timeout.get()
+    }
     pub fn generation(&self) -> u64 {
         self.shared.snapshot.load().generation
     }

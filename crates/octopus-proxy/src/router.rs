@@ -57,13 +57,15 @@ impl Matcher {
         })
     }
 
-    /// `host` is the request's host, lower-case and without port.
+    /// `host` is the request's host without port, in any case.
     pub fn matches<B>(&self, host: Option<&str>, req: &Request<B>) -> bool {
         let host_ok = match (&self.host, host) {
             (HostMatch::Any, _) => true,
-            (HostMatch::Exact(want), Some(h)) => want == h,
+            (HostMatch::Exact(want), Some(h)) => want.eq_ignore_ascii_case(h),
             (HostMatch::Suffix(suffix), Some(h)) => {
-                h.len() > suffix.len() && h.ends_with(suffix.as_str())
+                h.len() > suffix.len()
+                    && h.as_bytes()[h.len() - suffix.len()..]
+                        .eq_ignore_ascii_case(suffix.as_bytes())
             }
             (_, None) => false,
         };
@@ -171,6 +173,11 @@ mod tests {
             "wildcard"
         );
         assert_eq!(find(Some("shop.local"), &req("/", "GET", &[])), "default");
+        assert_eq!(
+            find(Some("A.Shop.LOCAL"), &req("/", "GET", &[])),
+            "wildcard"
+        );
+        assert_eq!(find(Some("PAYMENTS"), &req("/", "GET", &[])), "stable");
         assert_eq!(find(None, &req("/", "GET", &[])), "default");
     }
 

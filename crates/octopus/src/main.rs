@@ -15,7 +15,16 @@ fn main() -> ExitCode {
         eprintln!("octopus: {e}");
         return ExitCode::from(2);
     }
-    match cli.command.unwrap_or_default() {
+    let command = match cli.command {
+        Some(c) => c,
+        // `octopus` alone is `octopus run`, with run's defaults and environment variables.
+        None => {
+            let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+            args.insert(1.min(args.len()), "run".into());
+            cli::Cli::parse_from(args).command.unwrap_or_default()
+        }
+    };
+    match command {
         cli::Command::Run(args) => run::run(args),
         cli::Command::Validate(args) => run::validate(&args),
     }

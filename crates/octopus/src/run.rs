@@ -60,11 +60,16 @@ pub fn run(args: RunArgs) -> ExitCode {
         .worker_threads
         .unwrap_or_else(crate::workers::default_worker_threads)
         .max(1);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-    {
+    // One worker: the current-thread scheduler skips the work-stealing machinery (and
+    // its wake-ups) that only pays off with several workers.
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("octopus: cannot start the runtime: {e}");
@@ -73,7 +78,6 @@ pub fn run(args: RunArgs) -> ExitCode {
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), workers, "starting: {}", config.summary());
     runtime.block_on(async move {
-        let drain = config.drain_timeout.get();
         let proxy =
             match Proxy::start(config, Some(path.display().to_string()), Metrics::new()).await {
                 Ok(p) => p,
@@ -87,6 +91,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             tracing::error!(error = %e, "cannot install signal handlers");
             return ExitCode::FAILURE;
         }
+        let drain = proxy.drain_timeout();
         tracing::info!(?drain, "shutting down: draining in-flight requests");
         let drained = proxy.shutdown(drain).await;
         tracing::info!(drained, "stopped");

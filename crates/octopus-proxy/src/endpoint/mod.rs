@@ -92,18 +92,22 @@ impl Endpoint {
     /// Puts the request in the shape the upstream client needs: absolute URI (the
     /// original authority, else this endpoint's address), the cluster's HTTP version.
     fn prepare(&self, req: &mut Request<Body>) -> Result<(), ProxyError> {
-        let authority = req
-            .uri()
-            .authority()
-            .cloned()
-            .unwrap_or_else(|| self.authority.clone());
-        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        *req.uri_mut() = Uri::builder()
-            .scheme("http")
-            .authority(authority)
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+        // The listener already made the URI absolute when the client named a host, so
+        // the common case rebuilds nothing.
+        let uri = req.uri();
+        if uri.scheme() != Some(&http::uri::Scheme::HTTP) || uri.authority().is_none() {
+            let authority = uri
+                .authority()
+                .cloned()
+                .unwrap_or_else(|| self.authority.clone());
+            let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+            *req.uri_mut() = Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query(pq)
+                .build()
+                .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+        }
         match self.protocol {
             Protocol::Http1 => *req.version_mut() = Version::HTTP_11,
             Protocol::Http2 => {
