@@ -35,7 +35,7 @@ async fn blue_green_flip_keeps_in_flight_requests() {
     let in_flight = tokio::spawn(async move { get(out, "svc", "/delay/400").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let flipped = parse(&config("green", &blue, &green));
-    assert_eq!(proxy.reload(flipped, None).unwrap(), 2);
+    assert_eq!(proxy.reload(flipped, None).await.unwrap(), 2);
     for _ in 0..10 {
         assert_eq!(
             get(out, "svc", "/").await.upstream(),
@@ -64,7 +64,7 @@ async fn invalid_file_is_rejected_and_old_config_serves() {
     let proxy = start(&config("blue", &blue, &green)).await;
     let out = proxy.outbound_addr().unwrap();
     let bad = temp_file(&config("purple", &blue, &green));
-    let err = proxy.reload_file(&bad).unwrap_err().to_string();
+    let err = proxy.reload_file(&bad).await.unwrap_err().to_string();
     assert!(
         err.contains("unknown cluster `purple`") && err.contains("line 5"),
         "{err}"
@@ -86,13 +86,14 @@ async fn invalid_file_is_rejected_and_old_config_serves() {
     let moved = parse(&moved);
     assert!(proxy
         .reload(moved, None)
+        .await
         .unwrap_err()
         .to_string()
         .contains("outbound.listen"));
     assert_eq!(get(out, "svc", "/").await.upstream(), "blue");
 
     let good = temp_file(&config("green", &blue, &green));
-    assert_eq!(proxy.reload_file(&good).unwrap(), 2);
+    assert_eq!(proxy.reload_file(&good).await.unwrap(), 2);
     let _ = std::fs::remove_file(&good);
     assert_eq!(get(out, "svc", "/").await.upstream(), "green");
 }
@@ -109,6 +110,7 @@ async fn unchanged_clusters_keep_their_state_across_reloads() {
     }
     proxy
         .reload(parse(&config("green", &blue, &green)), None)
+        .await
         .unwrap();
     let clusters = admin(&proxy, "/clusters").await.json();
     assert_eq!(

@@ -133,6 +133,14 @@ clusters:
     fn unimplemented_keys_are_refused() {
         let e = errors("clusters:\n  c:\n    endpoints: [127.0.0.1:2]\n    circuit_breaker: { max_requests: 1 }\n");
         assert_eq!(e, ["line 4: clusters.c.circuit_breaker: circuit breaking is not supported yet by this octopus version"]);
+        let e = errors("clusters:\n  c:\n    endpoints: [127.0.0.1:2]\n    health_check: { path: healthz, interval: 0s }\n");
+        assert_eq!(
+            e,
+            [
+                "line 4: clusters.c.health_check.path: `healthz` must start with `/`",
+                "line 4: clusters.c.health_check.interval: must be greater than 0"
+            ]
+        );
     }
 
     #[test]

@@ -155,6 +155,9 @@ pub struct ClusterConfig {
     pub endpoints: Vec<EndpointConfig>,
     #[serde(default = "defaults::connect_timeout")]
     pub connect_timeout: Duration,
+    /// How often endpoints given as DNS names are re-resolved.
+    #[serde(default = "defaults::dns_refresh_interval")]
+    pub dns_refresh_interval: Duration,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreakerConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -261,6 +264,9 @@ mod defaults {
     }
     pub fn connect_timeout() -> Duration {
         Duration::from_millis(1_000)
+    }
+    pub fn dns_refresh_interval() -> Duration {
+        Duration::from_millis(5_000)
     }
     pub fn weight() -> u32 {
         1

@@ -3,7 +3,7 @@
 
 use crate::error::ConfigError;
 use crate::schema::*;
-use crate::types::{http_token, HostPort, LbPolicy};
+use crate::types::{http_token, HostPort};
 use std::collections::{HashMap, HashSet};
 
 pub(crate) fn check(c: &Config) -> Vec<ConfigError> {
@@ -205,26 +205,50 @@ impl Checker {
         } else if !valid_label(name) {
             self.err(&p, format!("`{name}`: a cluster name must be 1-64 characters of [A-Za-z0-9_.-] (it is a metrics label)"));
         }
-        if c.lb != LbPolicy::RoundRobin {
-            self.unsupported(&format!("{p}.lb"), "this load-balancing policy");
-        }
         if c.connect_timeout.get().is_zero() {
             self.err(format!("{p}.connect_timeout"), "must be greater than 0");
+        }
+        if c.dns_refresh_interval.get() < std::time::Duration::from_millis(100) {
+            self.err(
+                format!("{p}.dns_refresh_interval"),
+                "must be at least 100ms",
+            );
         }
         let mut seen = HashSet::new();
         for (i, e) in c.endpoints.iter().enumerate() {
             let ep = format!("{p}.endpoints[{i}]");
-            if e.address.ip().is_none() {
-                self.unsupported(&ep, "DNS endpoints (use an IP address)");
-            }
             if e.address.port == 0 {
                 self.err(&ep, "port 0 is not a valid destination");
             }
-            if e.weight != 1 {
-                self.unsupported(&format!("{ep}.weight"), "endpoint weights");
+            if e.weight > MAX_WEIGHT {
+                self.err(
+                    format!("{ep}.weight"),
+                    format!("must be at most {MAX_WEIGHT}"),
+                );
             }
             if !seen.insert(&e.address) {
                 self.err(&ep, format!("duplicate endpoint `{}`", e.address));
+            }
+        }
+        if let Some(hc) = &c.health_check {
+            let hp = format!("{p}.health_check");
+            if !hc.path.starts_with('/') {
+                self.err(
+                    format!("{hp}.path"),
+                    format!("`{}` must start with `/`", hc.path),
+                );
+            }
+            if hc.interval.get().is_zero() {
+                self.err(format!("{hp}.interval"), "must be greater than 0");
+            }
+            if hc.timeout.get().is_zero() {
+                self.err(format!("{hp}.timeout"), "must be greater than 0");
+            }
+            if hc.unhealthy_threshold == 0 {
+                self.err(format!("{hp}.unhealthy_threshold"), "must be at least 1");
+            }
+            if hc.healthy_threshold == 0 {
+                self.err(format!("{hp}.healthy_threshold"), "must be at least 1");
             }
         }
         if c.circuit_breaker.is_some() {
@@ -232,9 +256,6 @@ impl Checker {
         }
         if c.outlier_detection.is_some() {
             self.unsupported(&format!("{p}.outlier_detection"), "outlier detection");
-        }
-        if c.health_check.is_some() {
-            self.unsupported(&format!("{p}.health_check"), "active health checking");
         }
         if c.tls.is_some() {
             self.unsupported(&format!("{p}.tls"), "TLS origination");
@@ -244,6 +265,9 @@ impl Checker {
 
 /// Label values octopus uses itself: unmatched requests (`none`) and the inbound
 /// listener (`inbound` / `local_app`). A config using them would merge series.
+/// Keeps smooth weighted round robin's running sums far from overflow.
+const MAX_WEIGHT: u32 = 10_000;
+
 const RESERVED_ROUTE_LABELS: [&str; 2] = ["none", "inbound"];
 const RESERVED_CLUSTER_LABELS: [&str; 2] = ["none", "local_app"];
 

@@ -29,6 +29,11 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     pub connections_total: IntCounterVec,
     pub connections_active: IntGaugeVec,
+    pub dns_failures_total: IntCounterVec,
+    /// Per-endpoint gauges, refreshed from live cluster state at each scrape.
+    pub endpoint_healthy: IntGaugeVec,
+    pub endpoint_in_flight: IntGaugeVec,
+    pub endpoint_weight: IntGaugeVec,
     process: process::ProcessMetrics,
 }
 
@@ -81,6 +86,30 @@ impl Metrics {
             &["listener"],
         )
         .expect("static metric definition");
+        let dns_failures_total = IntCounterVec::new(
+            Opts::new(
+                "octopus_dns_resolution_failures_total",
+                "Failed DNS lookups of endpoint names; the last good addresses keep serving.",
+            ),
+            &["cluster"],
+        )
+        .expect("static metric definition");
+        let endpoint_gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["cluster", "endpoint"])
+                .expect("static metric definition")
+        };
+        let endpoint_healthy = endpoint_gauge(
+            "octopus_endpoint_healthy",
+            "1 while the endpoint passes active health checks (or has none), else 0.",
+        );
+        let endpoint_in_flight = endpoint_gauge(
+            "octopus_endpoint_in_flight",
+            "Requests in flight to the endpoint, response bodies included.",
+        );
+        let endpoint_weight = endpoint_gauge(
+            "octopus_endpoint_weight",
+            "Configured weight of the endpoint; 0 drains it.",
+        );
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "octopus_build_info",
@@ -102,6 +131,10 @@ impl Metrics {
             Box::new(connections_total.clone()),
             Box::new(connections_active.clone()),
             Box::new(build_info),
+            Box::new(dns_failures_total.clone()),
+            Box::new(endpoint_healthy.clone()),
+            Box::new(endpoint_in_flight.clone()),
+            Box::new(endpoint_weight.clone()),
         ]
         .into_iter()
         .chain(process.collectors())
@@ -122,6 +155,10 @@ impl Metrics {
             config_generation,
             connections_total,
             connections_active,
+            dns_failures_total,
+            endpoint_healthy,
+            endpoint_in_flight,
+            endpoint_weight,
             process,
         })
     }

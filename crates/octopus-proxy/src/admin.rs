@@ -18,6 +18,7 @@ pub(crate) fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
     }
     match req.uri().path() {
         "/metrics" => {
+            refresh_endpoint_gauges(shared);
             let mut resp = text(StatusCode::OK, shared.metrics.encode());
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -39,6 +40,32 @@ pub(crate) fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
             StatusCode::NOT_FOUND,
             "not found; try /metrics /ready /live /config /clusters\n",
         ),
+    }
+}
+
+/// Endpoint gauges are set from live state at scrape time rather than on every
+/// request; resetting first drops series of endpoints that are gone.
+fn refresh_endpoint_gauges(shared: &Shared) {
+    let snap = shared.snapshot.load();
+    let m = &shared.metrics;
+    m.endpoint_healthy.reset();
+    m.endpoint_in_flight.reset();
+    m.endpoint_weight.reset();
+    let inbound = snap.inbound.as_ref().map(|i| &i.cluster);
+    for cluster in snap.clusters.values().chain(inbound) {
+        for member in cluster.members() {
+            let ep = member.endpoint.addr().to_string();
+            let labels = [&*cluster.name, ep.as_str()];
+            m.endpoint_healthy
+                .with_label_values(&labels)
+                .set(i64::from(member.endpoint.is_healthy()));
+            m.endpoint_in_flight
+                .with_label_values(&labels)
+                .set(member.endpoint.in_flight() as i64);
+            m.endpoint_weight
+                .with_label_values(&labels)
+                .set(i64::from(member.weight));
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 mod admin;
 pub mod balance;
 pub mod body;
+pub mod cluster;
 pub mod endpoint;
 pub mod error;
 pub mod handler;

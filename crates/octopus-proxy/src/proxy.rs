@@ -11,7 +11,7 @@ use octopus_metrics::Metrics;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -51,7 +51,7 @@ pub struct Proxy {
     traffic_tasks: Vec<JoinHandle<()>>,
     admin_task: JoinHandle<()>,
     /// Serialises reloads: each compiles against the snapshot the previous one stored.
-    reloading: Mutex<()>,
+    reloading: tokio::sync::Mutex<()>,
 }
 
 async fn bind(listener: &'static str, addr: &HostPort) -> Result<TcpListener, StartError> {
@@ -86,7 +86,7 @@ impl Proxy {
             Some(i) => Some(bind("inbound", &i.listen).await?),
             None => None,
         };
-        let snapshot = Snapshot::compile(config, 1, source, None, &metrics)?;
+        let snapshot = Snapshot::compile(config, 1, source, None, &metrics).await?;
         metrics.config_generation.set(1);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -149,7 +149,7 @@ impl Proxy {
             stop_admin,
             traffic_tasks,
             admin_task,
-            reloading: Mutex::new(()),
+            reloading: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -172,17 +172,18 @@ impl Proxy {
 
     /// Re-reads, validates and applies a control file. On any error nothing changes,
     /// the failure is counted, and the old config keeps serving.
-    pub fn reload_file(&self, path: &Path) -> Result<u64, ReloadError> {
-        let result = octopus_config::load_file(path)
-            .map_err(ReloadError::from)
-            .and_then(|c| self.apply(c, Some(path.display().to_string())));
+    pub async fn reload_file(&self, path: &Path) -> Result<u64, ReloadError> {
+        let result = match octopus_config::load_file(path) {
+            Ok(c) => self.apply(c, Some(path.display().to_string())).await,
+            Err(e) => Err(e.into()),
+        };
         self.count_reload(&result);
         result
     }
 
     /// Applies an already validated config (see [`Proxy::reload_file`]).
-    pub fn reload(&self, config: Config, source: Option<String>) -> Result<u64, ReloadError> {
-        let result = self.apply(config, source);
+    pub async fn reload(&self, config: Config, source: Option<String>) -> Result<u64, ReloadError> {
+        let result = self.apply(config, source).await;
         self.count_reload(&result);
         result
     }
@@ -196,8 +197,8 @@ impl Proxy {
             .inc();
     }
 
-    fn apply(&self, config: Config, source: Option<String>) -> Result<u64, ReloadError> {
-        let _serial = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+    async fn apply(&self, config: Config, source: Option<String>) -> Result<u64, ReloadError> {
+        let _serial = self.reloading.lock().await;
         let current = self.shared.snapshot.load_full();
         let old = &current.config;
         if old.admin.listen != config.admin.listen {
@@ -216,7 +217,8 @@ impl Proxy {
             source,
             Some(&current),
             &self.shared.metrics,
-        )?;
+        )
+        .await?;
         self.shared.snapshot.store(Arc::new(next));
         self.shared.metrics.config_generation.set(generation as i64);
         tracing::info!(generation, "config reloaded");

@@ -6,8 +6,8 @@
 //! [`Cluster`]s, which a new snapshot takes over from the old one when their spec is
 //! unchanged.
 
-use crate::balance::RoundRobin;
-use crate::endpoint::{Endpoint, EndpointService, EndpointStats};
+pub use crate::cluster::Cluster;
+use crate::endpoint::Endpoint;
 use crate::router::{Matcher, Router};
 use crate::split::Split;
 use crate::timeout::TimeoutLayer;
@@ -27,61 +27,6 @@ pub const LOCAL_APP: &str = "local_app";
 pub const NONE_LABEL: &str = "none";
 
 const INBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-pub struct Cluster {
-    pub name: Arc<str>,
-    pub spec: ClusterConfig,
-    endpoints: Vec<Arc<Endpoint>>,
-    service: BoxService,
-}
-
-impl Cluster {
-    fn build(name: &str, spec: &ClusterConfig) -> Result<Arc<Cluster>, CompileError> {
-        let name: Arc<str> = name.into();
-        let endpoints = spec
-            .endpoints
-            .iter()
-            .map(|e| {
-                let addr = e.address.socket_addr().ok_or_else(|| {
-                    CompileError(format!(
-                        "cluster `{name}`: endpoint {} is not an IP address",
-                        e.address
-                    ))
-                })?;
-                Ok(Endpoint::new(
-                    name.clone(),
-                    addr,
-                    spec.protocol,
-                    spec.connect_timeout.get(),
-                ))
-            })
-            .collect::<Result<Vec<_>, CompileError>>()?;
-        Ok(Self::from_endpoints(name, spec.clone(), endpoints))
-    }
-
-    fn from_endpoints(
-        name: Arc<str>,
-        spec: ClusterConfig,
-        endpoints: Vec<Arc<Endpoint>>,
-    ) -> Arc<Cluster> {
-        let services = endpoints.iter().cloned().map(EndpointService).collect();
-        let service = BoxService::new(RoundRobin::new(name.clone(), services));
-        Arc::new(Cluster {
-            name,
-            spec,
-            endpoints,
-            service,
-        })
-    }
-
-    pub fn service(&self) -> BoxService {
-        self.service.clone()
-    }
-
-    pub fn endpoint_stats(&self) -> Vec<EndpointStats> {
-        self.endpoints.iter().map(|e| e.stats()).collect()
-    }
-}
 
 pub struct Route {
     pub name: Arc<str>,
@@ -129,22 +74,19 @@ pub struct CompileError(pub String);
 impl Snapshot {
     /// Compiles a validated config. Clusters (and the inbound target) whose spec did not
     /// change are taken over from `previous`, keeping their pools and counters.
-    pub fn compile(
+    pub async fn compile(
         config: Config,
         generation: u64,
         source: Option<String>,
         previous: Option<&Snapshot>,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
     ) -> Result<Snapshot, CompileError> {
         let mut clusters = BTreeMap::new();
         for (name, spec) in &config.clusters {
-            let reused = previous
-                .and_then(|p| p.clusters.get(name))
-                .filter(|c| &c.spec == spec)
-                .cloned();
-            let cluster = match reused {
-                Some(c) => c,
-                None => Cluster::build(name, spec)?,
+            let old = previous.and_then(|p| p.clusters.get(name));
+            let cluster = match old.filter(|c| &c.spec == spec) {
+                Some(c) => c.clone(),
+                None => Cluster::build(name, spec, old.map(|c| &**c), metrics).await,
             };
             clusters.insert(name.clone(), cluster);
         }
@@ -236,12 +178,13 @@ impl Snapshot {
                         protocol: inb.app_protocol,
                         endpoints: vec![],
                         connect_timeout: octopus_config::Duration(INBOUND_CONNECT_TIMEOUT),
+                        dns_refresh_interval: octopus_config::Duration(INBOUND_CONNECT_TIMEOUT),
                         circuit_breaker: None,
                         outlier_detection: None,
                         health_check: None,
                         tls: None,
                     };
-                    Cluster::from_endpoints(name, spec, vec![ep])
+                    Cluster::single(LOCAL_APP, spec, ep)
                 });
                 Some(Inbound {
                     cluster,

@@ -113,7 +113,7 @@ mod signals {
             tokio::select! {
                 _ = term.recv() => return Ok(()),
                 _ = int.recv() => return Ok(()),
-                _ = hup.recv() => match proxy.reload_file(path) {
+                _ = hup.recv() => match proxy.reload_file(path).await {
                     Ok(generation) => tracing::info!(generation, file = %path.display(), "SIGHUP: config reloaded"),
                     Err(e) => tracing::error!(file = %path.display(), "SIGHUP: reload rejected, the previous config keeps serving: {e}"),
                 },

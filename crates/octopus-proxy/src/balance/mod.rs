@@ -1,7 +1,208 @@
 //! Load balancing over a cluster's endpoints. The balancer sits below retries and the
 //! traffic split (each retry may pick another endpoint) and above the per-endpoint
 //! services (an endpoint that cannot serve simply stops being picked).
+//!
+//! The balancer reads a [`MemberSet`] (one lock-free `ArcSwap` load per request) in
+//! which the endpoints that may take traffic are already filtered out; discovery,
+//! health checks and (later) outlier detection publish a new set when availability
+//! changes, which is rare next to picks.
 
+mod least_conn;
 mod round_robin;
+mod weighted;
 
+pub use least_conn::LeastConnections;
 pub use round_robin::RoundRobin;
+pub use weighted::SmoothWeighted;
+
+use crate::body::Body;
+use crate::endpoint::{Endpoint, EndpointService};
+use crate::error::ProxyError;
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use octopus_config::LbPolicy;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::Service;
+
+/// One endpoint of a cluster with its configured weight.
+#[derive(Clone)]
+pub struct Member {
+    pub endpoint: Arc<Endpoint>,
+    pub weight: u32,
+}
+
+impl Member {
+    /// Weight 0 drains an endpoint: no new requests, in-flight ones finish.
+    fn can_take_traffic(&self) -> bool {
+        self.weight > 0 && self.endpoint.is_healthy()
+    }
+}
+
+/// A cluster's endpoints at one moment, with the subset that may take traffic.
+pub struct MemberSet {
+    all: Vec<Member>,
+    available: Vec<Member>,
+    /// Smooth-weighted-round-robin running weights over `available`; a new set starts
+    /// its own rotation.
+    pub(crate) swrr: std::sync::Mutex<Vec<i64>>,
+}
+
+impl MemberSet {
+    pub fn new(all: Vec<Member>) -> Self {
+        let available: Vec<Member> = all
+            .iter()
+            .filter(|m| m.can_take_traffic())
+            .cloned()
+            .collect();
+        let swrr = std::sync::Mutex::new(vec![0; available.len()]);
+        MemberSet {
+            all,
+            available,
+            swrr,
+        }
+    }
+
+    pub fn all(&self) -> &[Member] {
+        &self.all
+    }
+
+    pub fn available(&self) -> &[Member] {
+        &self.available
+    }
+
+    /// Same members, same availability: no need to publish a new set.
+    fn same_as(&self, other: &[Member]) -> bool {
+        let key = |m: &Member| (Arc::as_ptr(&m.endpoint), m.weight, m.can_take_traffic());
+        self.all.len() == other.len() && self.all.iter().zip(other).all(|(a, b)| key(a) == key(b))
+    }
+}
+
+/// The live membership of one cluster, shared by its balancer, DNS refresher and
+/// health checker.
+pub struct Membership {
+    set: ArcSwap<MemberSet>,
+}
+
+impl Membership {
+    pub fn new(members: Vec<Member>) -> Arc<Self> {
+        Arc::new(Membership {
+            set: ArcSwap::from_pointee(MemberSet::new(members)),
+        })
+    }
+
+    pub fn load(&self) -> Arc<MemberSet> {
+        self.set.load_full()
+    }
+
+    /// Publishes a new member list (after discovery) if anything changed.
+    pub fn replace(&self, members: Vec<Member>) -> bool {
+        if self.set.load().same_as(&members) {
+            return false;
+        }
+        self.set.store(Arc::new(MemberSet::new(members)));
+        true
+    }
+
+    /// Recomputes which members may take traffic after endpoint health changed.
+    /// `rcu` retries if another updater published meanwhile, so no change is lost.
+    pub fn refresh(&self) {
+        self.set.rcu(|cur| MemberSet::new(cur.all.clone()));
+    }
+}
+
+/// Picks one available member for a request.
+pub enum Picker {
+    RoundRobin(RoundRobin),
+    LeastConnections(LeastConnections),
+    Weighted(SmoothWeighted),
+}
+
+impl Picker {
+    pub fn new(policy: LbPolicy) -> Self {
+        match policy {
+            LbPolicy::RoundRobin => Picker::RoundRobin(RoundRobin::default()),
+            LbPolicy::LeastConnections => Picker::LeastConnections(LeastConnections),
+            LbPolicy::Weighted => Picker::Weighted(SmoothWeighted),
+        }
+    }
+
+    pub fn pick<'a>(&self, set: &'a MemberSet) -> Option<&'a Member> {
+        match self {
+            Picker::RoundRobin(p) => p.pick(set.available()),
+            Picker::LeastConnections(p) => p.pick(set.available()),
+            Picker::Weighted(p) => p.pick(set),
+        }
+    }
+}
+
+/// The cluster's balancing service: picks an endpoint and forwards to it.
+#[derive(Clone)]
+pub struct Balancer {
+    cluster: Arc<str>,
+    members: Arc<Membership>,
+    picker: Arc<Picker>,
+}
+
+impl Balancer {
+    pub fn new(cluster: Arc<str>, members: Arc<Membership>, policy: LbPolicy) -> Self {
+        Balancer {
+            cluster,
+            members,
+            picker: Arc::new(Picker::new(policy)),
+        }
+    }
+}
+
+impl Service<Request<Body>> for Balancer {
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let set = self.members.load();
+        match self.picker.pick(&set) {
+            Some(m) => EndpointService(m.endpoint.clone()).call(req),
+            None => {
+                let cluster = self.cluster.clone();
+                Box::pin(async move { Err(ProxyError::NoHealthyEndpoint { cluster }) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use octopus_config::Protocol;
+    use std::time::Duration;
+
+    /// Members on unroutable test addresses; no connection is ever made.
+    pub fn members(weights: &[u32]) -> Vec<Member> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| Member {
+                endpoint: Endpoint::new(
+                    "test".into(),
+                    std::net::SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
+                    Protocol::Http1,
+                    Duration::from_secs(1),
+                ),
+                weight,
+            })
+            .collect()
+    }
+
+    pub fn index_of(set: &[Member], m: &Member) -> usize {
+        set.iter()
+            .position(|x| Arc::ptr_eq(&x.endpoint, &m.endpoint))
+            .expect("picked a member of the set")
+    }
+}

@@ -1,57 +1,36 @@
-use crate::body::Body;
-use crate::endpoint::EndpointService;
-use crate::error::ProxyError;
-use http::{Request, Response};
-use std::future::Future;
-use std::pin::Pin;
+use super::Member;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use tower::Service;
 
-/// Strict rotation over the endpoints: one shared atomic counter, no lock.
-#[derive(Clone)]
+/// Strict rotation over the available members: one shared atomic counter, no lock,
+/// O(1) per pick.
+#[derive(Debug, Default)]
 pub struct RoundRobin {
-    cluster: Arc<str>,
-    endpoints: Arc<[EndpointService]>,
-    next: Arc<AtomicUsize>,
+    next: AtomicUsize,
 }
 
 impl RoundRobin {
-    pub fn new(cluster: Arc<str>, endpoints: Vec<EndpointService>) -> Self {
-        RoundRobin {
-            cluster,
-            endpoints: endpoints.into(),
-            next: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-
-    fn pick(&self) -> Option<EndpointService> {
-        let n = self.endpoints.len();
-        if n == 0 {
+    pub fn pick<'a>(&self, available: &'a [Member]) -> Option<&'a Member> {
+        if available.is_empty() {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        Some(self.endpoints[i].clone())
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % available.len();
+        available.get(i)
     }
 }
 
-impl Service<Request<Body>> for RoundRobin {
-    type Response = Response<Body>;
-    type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::testing::{index_of, members};
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        match self.pick() {
-            Some(mut ep) => ep.call(req),
-            None => {
-                let cluster = self.cluster.clone();
-                Box::pin(async move { Err(ProxyError::NoHealthyEndpoint { cluster }) })
-            }
-        }
+    #[tokio::test(start_paused = true)]
+    async fn rotates_strictly() {
+        let set = members(&[1, 1, 1]);
+        let rr = RoundRobin::default();
+        let picks: Vec<usize> = (0..9)
+            .map(|_| index_of(&set, rr.pick(&set).unwrap()))
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0, 1, 2]);
+        assert!(rr.pick(&[]).is_none());
     }
 }

@@ -15,8 +15,8 @@ use octopus_config::Protocol;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,12 +33,17 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Set by active health checks; endpoints start healthy so traffic flows at once.
+    healthy: AtomicBool,
+    /// Consecutive health-check results (successes, failures) toward a transition.
+    check_streak: Mutex<(u32, u32)>,
 }
 
 /// Live figures of one endpoint, for `/clusters`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EndpointStats {
     pub address: String,
+    pub healthy: bool,
     pub in_flight: usize,
     pub requests_total: u64,
     pub failures_total: u64,
@@ -73,6 +78,8 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            check_streak: Mutex::new((0, 0)),
         })
     }
 
@@ -80,9 +87,93 @@ impl Endpoint {
         self.addr
     }
 
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Requests sent and not yet finished (response body included): the load measure
+    /// of least-connections; for HTTP/2 it counts streams, not connections.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Holds one fake in-flight request until the guard is dropped.
+    #[cfg(test)]
+    pub(crate) fn test_hold(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records one health-check result; returns the new health when it changed.
+    pub(crate) fn record_check(
+        &self,
+        ok: bool,
+        healthy_threshold: u32,
+        unhealthy_threshold: u32,
+    ) -> Option<bool> {
+        let mut streak = self.check_streak.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            *streak = (streak.0.saturating_add(1), 0);
+        } else {
+            *streak = (0, streak.1.saturating_add(1));
+        }
+        let healthy = self.is_healthy();
+        let flip = if healthy {
+            !ok && streak.1 >= unhealthy_threshold
+        } else {
+            ok && streak.0 >= healthy_threshold
+        };
+        if flip {
+            self.healthy.store(!healthy, Ordering::Relaxed);
+            Some(!healthy)
+        } else {
+            None
+        }
+    }
+
+    /// Forgets health-check state (the cluster no longer checks this endpoint).
+    pub(crate) fn reset_health(&self) {
+        *self.check_streak.lock().unwrap_or_else(|p| p.into_inner()) = (0, 0);
+        self.healthy.store(true, Ordering::Relaxed);
+    }
+
+    /// One active health check: GET `path` on this endpoint, healthy on a 2xx within
+    /// `timeout`. Uses the endpoint's own pool, so it also proves a live connection.
+    pub(crate) async fn probe(&self, path: &str, timeout: Duration) -> bool {
+        let uri = format!("http://{}{path}", self.authority);
+        let Ok(mut req) = Request::get(uri).body(body::empty()) else {
+            return false;
+        };
+        if self.protocol == Protocol::Http2 {
+            *req.version_mut() = Version::HTTP_2;
+        }
+        req.headers_mut().insert(
+            header::USER_AGENT,
+            http::HeaderValue::from_static("octopus-health-check"),
+        );
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => {
+                let ok = resp.status().is_success();
+                // Read the body so the connection can go back to the pool.
+                let _ = tokio::time::timeout(
+                    timeout,
+                    http_body_util::BodyExt::collect(resp.into_body()),
+                )
+                .await;
+                ok
+            }
+            _ => false,
+        }
+    }
+
     pub fn stats(&self) -> EndpointStats {
         EndpointStats {
             address: self.addr.to_string(),
+            healthy: self.is_healthy(),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             requests_total: self.requests.load(Ordering::Relaxed),
             failures_total: self.failures.load(Ordering::Relaxed),
@@ -121,11 +212,39 @@ impl Endpoint {
 }
 
 /// Decrements the in-flight count however the request ends (success, error, drop).
-struct InFlight(Arc<Endpoint>);
+pub(crate) struct InFlight(Arc<Endpoint>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that holds its endpoint's in-flight slot until it is finished
+    /// or dropped.
+    struct Tracked<B> {
+        #[pin]
+        inner: B,
+        _guard: InFlight,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -148,10 +267,16 @@ impl tower::Service<Request<Body>> for EndpointService {
             ep.prepare(&mut req)?;
             ep.requests.fetch_add(1, Ordering::Relaxed);
             ep.in_flight.fetch_add(1, Ordering::Relaxed);
-            let _guard = InFlight(ep.clone());
+            let guard = InFlight(ep.clone());
             match ep.client.request(req).await {
                 Ok(resp) => {
-                    let mut resp = resp.map(body::boxed);
+                    // The request stays in flight until its response body is done.
+                    let mut resp = resp.map(|b| {
+                        body::boxed(Tracked {
+                            inner: b,
+                            _guard: guard,
+                        })
+                    });
                     if resp.status().is_server_error() {
                         ep.failures.fetch_add(1, Ordering::Relaxed);
                     }

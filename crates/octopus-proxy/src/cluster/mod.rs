@@ -1,0 +1,208 @@
+//! A cluster's live state: its members (from the config's IP literals and DNS names),
+//! their health, and the balancer over them. Background tasks (DNS refresh, active
+//! health checks) belong to the cluster and stop when it is dropped, which happens
+//! once no routing table and no in-flight request refers to it.
+
+mod dns;
+mod health;
+
+use crate::balance::{Balancer, Member, Membership};
+use crate::endpoint::{Endpoint, EndpointStats};
+use crate::BoxService;
+use octopus_config::{ClusterConfig, HostPort};
+use octopus_metrics::Metrics;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::task::AbortHandle;
+
+#[derive(Debug, serde::Serialize)]
+pub struct MemberView {
+    #[serde(flatten)]
+    pub stats: EndpointStats,
+    pub weight: u32,
+    /// Whether the balancer may pick it now (healthy and weight > 0).
+    pub available: bool,
+}
+
+pub struct Cluster {
+    pub name: Arc<str>,
+    pub spec: ClusterConfig,
+    members: Arc<Membership>,
+    service: BoxService,
+    tasks: Vec<AbortHandle>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Endpoints of a previous cluster by address, for reuse when their connection
+/// settings are unchanged: pools, counters and health survive reloads and
+/// re-resolution.
+pub(crate) struct EndpointPool {
+    cluster: Arc<str>,
+    spec: ClusterConfig,
+    known: HashMap<SocketAddr, Arc<Endpoint>>,
+}
+
+impl EndpointPool {
+    fn new(cluster: Arc<str>, spec: &ClusterConfig, previous: Option<&Cluster>) -> Self {
+        let known = previous
+            .filter(|p| {
+                p.spec.protocol == spec.protocol && p.spec.connect_timeout == spec.connect_timeout
+            })
+            .map(|p| {
+                p.members
+                    .load()
+                    .all()
+                    .iter()
+                    .map(|m| (m.endpoint.addr(), m.endpoint.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        EndpointPool {
+            cluster,
+            spec: spec.clone(),
+            known,
+        }
+    }
+
+    fn get(&mut self, addr: SocketAddr) -> Arc<Endpoint> {
+        let (cluster, spec) = (&self.cluster, &self.spec);
+        self.known
+            .entry(addr)
+            .or_insert_with(|| {
+                Endpoint::new(
+                    cluster.clone(),
+                    addr,
+                    spec.protocol,
+                    spec.connect_timeout.get(),
+                )
+            })
+            .clone()
+    }
+
+    /// Members for the configured entries, in config order, with DNS names expanded
+    /// to `resolved` addresses; an address listed twice keeps its first entry.
+    fn members(&mut self, resolved: &HashMap<HostPort, Vec<SocketAddr>>) -> Vec<Member> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for e in self.spec.endpoints.clone() {
+            let addrs = match e.address.socket_addr() {
+                Some(a) => vec![a],
+                None => resolved.get(&e.address).cloned().unwrap_or_default(),
+            };
+            for addr in addrs {
+                if seen.insert(addr) {
+                    out.push(Member {
+                        endpoint: self.get(addr),
+                        weight: e.weight,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Cluster {
+    /// Builds a cluster, resolving DNS names once before it serves. `previous` is the
+    /// cluster of the same name in the config being replaced, if any.
+    pub async fn build(
+        name: &str,
+        spec: &ClusterConfig,
+        previous: Option<&Cluster>,
+        metrics: &Arc<Metrics>,
+    ) -> Arc<Cluster> {
+        let name: Arc<str> = name.into();
+        let mut pool = EndpointPool::new(name.clone(), spec, previous);
+        let names: Vec<HostPort> = spec
+            .endpoints
+            .iter()
+            .filter(|e| e.address.ip().is_none())
+            .map(|e| e.address.clone())
+            .collect();
+        let resolved = dns::resolve_all(&name, &names, &HashMap::new(), metrics).await;
+        let members = pool.members(&resolved);
+        if spec.health_check.is_none() {
+            // Health from a previous config's checks no longer applies.
+            members.iter().for_each(|m| m.endpoint.reset_health());
+        }
+        let membership = Membership::new(members);
+        let mut tasks = Vec::new();
+        if !names.is_empty() {
+            let refresh = dns::Refresher {
+                cluster: name.clone(),
+                names,
+                resolved,
+                pool,
+                members: membership.clone(),
+                metrics: metrics.clone(),
+                interval: spec.dns_refresh_interval.get(),
+            };
+            tasks.push(tokio::spawn(refresh.run()).abort_handle());
+        }
+        if let Some(hc) = &spec.health_check {
+            let checker = health::Checker {
+                cluster: name.clone(),
+                spec: hc.clone(),
+                members: membership.clone(),
+            };
+            tasks.push(tokio::spawn(checker.run()).abort_handle());
+        }
+        let service = BoxService::new(Balancer::new(name.clone(), membership.clone(), spec.lb));
+        Arc::new(Cluster {
+            name,
+            spec: spec.clone(),
+            members: membership,
+            service,
+            tasks,
+        })
+    }
+
+    /// A one-endpoint cluster (the inbound listener's local app).
+    pub fn single(name: &str, spec: ClusterConfig, endpoint: Arc<Endpoint>) -> Arc<Cluster> {
+        let name: Arc<str> = name.into();
+        let membership = Membership::new(vec![Member {
+            endpoint,
+            weight: 1,
+        }]);
+        let service = BoxService::new(Balancer::new(name.clone(), membership.clone(), spec.lb));
+        Arc::new(Cluster {
+            name,
+            spec,
+            members: membership,
+            service,
+            tasks: Vec::new(),
+        })
+    }
+
+    pub fn service(&self) -> BoxService {
+        self.service.clone()
+    }
+
+    pub fn members(&self) -> Vec<Member> {
+        self.members.load().all().to_vec()
+    }
+
+    /// Live state of every member, for `/clusters`.
+    pub fn endpoint_stats(&self) -> Vec<MemberView> {
+        let set = self.members.load();
+        set.all()
+            .iter()
+            .map(|m| MemberView {
+                stats: m.endpoint.stats(),
+                weight: m.weight,
+                available: set
+                    .available()
+                    .iter()
+                    .any(|a| Arc::ptr_eq(&a.endpoint, &m.endpoint)),
+            })
+            .collect()
+    }
+}
