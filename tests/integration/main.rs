@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod balancing;
 mod errors;
 mod protocols;
 mod reload;

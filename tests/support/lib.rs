@@ -167,3 +167,60 @@ impl http_body::Body for ChannelBody {
             .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
     }
 }
+
+/// A DNS resolver whose answers the test sets: `None` makes the lookup fail.
+#[derive(Default)]
+pub struct FakeResolver {
+    answers: std::sync::Mutex<std::collections::HashMap<String, Option<Vec<std::net::IpAddr>>>>,
+}
+
+impl FakeResolver {
+    pub fn set(&self, host: &str, answer: Option<Vec<std::net::IpAddr>>) {
+        self.answers
+            .lock()
+            .unwrap()
+            .insert(host.to_string(), answer);
+    }
+}
+
+impl octopus_proxy::cluster::Resolve for FakeResolver {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>,
+    > {
+        let answer = self.answers.lock().unwrap().get(host).cloned().flatten();
+        Box::pin(async move {
+            answer
+                .map(|ips| {
+                    ips.into_iter()
+                        .map(|ip| SocketAddr::new(ip, port))
+                        .collect()
+                })
+                .ok_or_else(|| std::io::Error::other(format!("no answer for {host}")))
+        })
+    }
+}
+
+/// Starts octopus with a test-controlled DNS resolver.
+pub async fn start_with_resolver(yaml: &str, resolver: Arc<FakeResolver>) -> Proxy {
+    Proxy::start_with_resolver(parse(yaml), None, Metrics::new(), resolver)
+        .await
+        .expect("octopus starts")
+}
+
+/// Calls `f` every 20 ms until it returns true or `limit` passes; returns whether it did.
+pub async fn eventually(limit: std::time::Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

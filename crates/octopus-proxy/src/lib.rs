@@ -40,5 +40,6 @@ pub type BoxService = tower::util::BoxCloneSyncService<
 pub(crate) struct Shared {
     pub(crate) snapshot: ArcSwap<snapshot::Snapshot>,
     pub(crate) metrics: Arc<octopus_metrics::Metrics>,
+    pub(crate) build: cluster::BuildContext,
     pub(crate) ready: AtomicBool,
 }

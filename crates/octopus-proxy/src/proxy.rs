@@ -1,6 +1,7 @@
 //! The running proxy: binds the listeners, serves them, swaps in reloaded configs and
 //! drains on shutdown. The binary and the integration tests drive octopus through this.
 
+use crate::cluster::{BuildContext, Resolve, SystemResolver};
 use crate::handler::{self, Direction};
 use crate::listener;
 use crate::snapshot::{CompileError, Snapshot};
@@ -77,6 +78,16 @@ impl Proxy {
         source: Option<String>,
         metrics: Arc<Metrics>,
     ) -> Result<Proxy, StartError> {
+        Self::start_with_resolver(config, source, metrics, Arc::new(SystemResolver)).await
+    }
+
+    /// [`Proxy::start`] with another DNS resolver (tests use this to control answers).
+    pub async fn start_with_resolver(
+        config: Config,
+        source: Option<String>,
+        metrics: Arc<Metrics>,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Proxy, StartError> {
         let admin_l = bind("admin", &config.admin.listen).await?;
         let outbound_l = match &config.outbound {
             Some(o) => Some(bind("outbound", &o.listen).await?),
@@ -86,11 +97,16 @@ impl Proxy {
             Some(i) => Some(bind("inbound", &i.listen).await?),
             None => None,
         };
-        let snapshot = Snapshot::compile(config, 1, source, None, &metrics).await?;
+        let ctx = BuildContext {
+            metrics: metrics.clone(),
+            resolver,
+        };
+        let snapshot = Snapshot::compile(config, 1, source, None, &ctx).await?;
         metrics.config_generation.set(1);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics: metrics.clone(),
+            build: ctx,
             ready: AtomicBool::new(false),
         });
         let local = |l: &TcpListener| l.local_addr().ok();
@@ -216,7 +232,7 @@ impl Proxy {
             generation,
             source,
             Some(&current),
-            &self.shared.metrics,
+            &self.shared.build,
         )
         .await?;
         self.shared.snapshot.store(Arc::new(next));

@@ -6,14 +6,14 @@
 //! [`Cluster`]s, which a new snapshot takes over from the old one when their spec is
 //! unchanged.
 
-pub use crate::cluster::Cluster;
+pub use crate::cluster::{BuildContext, Cluster};
 use crate::endpoint::Endpoint;
 use crate::router::{Matcher, Router};
 use crate::split::Split;
 use crate::timeout::TimeoutLayer;
 use crate::BoxService;
 use octopus_config::{ClusterConfig, Config, Protocol};
-use octopus_metrics::{Metrics, TargetMetrics};
+use octopus_metrics::TargetMetrics;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,14 +79,15 @@ impl Snapshot {
         generation: u64,
         source: Option<String>,
         previous: Option<&Snapshot>,
-        metrics: &Arc<Metrics>,
+        ctx: &BuildContext,
     ) -> Result<Snapshot, CompileError> {
+        let metrics = &ctx.metrics;
         let mut clusters = BTreeMap::new();
         for (name, spec) in &config.clusters {
             let old = previous.and_then(|p| p.clusters.get(name));
             let cluster = match old.filter(|c| &c.spec == spec) {
                 Some(c) => c.clone(),
-                None => Cluster::build(name, spec, old.map(|c| &**c), metrics).await,
+                None => Cluster::build(name, spec, old.map(|c| &**c), ctx).await,
             };
             clusters.insert(name.clone(), cluster);
         }

@@ -10,9 +10,11 @@
 //! | `/echo-body` | streams the request body back |
 //! | `/bytes/N` | N bytes, streamed in 64 KiB chunks |
 //! | any, with `Upgrade:` | 101, then echoes raw bytes on the upgraded connection |
+//! | `/healthz` | the status set by [`Upstream::set_health`] (200 by default) |
 //! | anything else | JSON: upstream name, method, path, HTTP version, headers |
 //!
-//! Every response carries `x-upstream: <name>`. [`Upstream::hits`] counts requests.
+//! Every response carries `x-upstream: <name>`. [`Upstream::hits`] counts requests
+//! (health checks excluded); [`Upstream::set_delay`] slows every answer.
 #![forbid(unsafe_code)]
 
 use bytes::Bytes;
@@ -23,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,9 +44,18 @@ pub enum Protocols {
     Http1Only,
 }
 
+/// Behaviour a test can change while the server runs.
+#[derive(Default)]
+struct Knobs {
+    delay_ms: AtomicU64,
+    /// 0 means 200.
+    health: AtomicU16,
+}
+
 pub struct Upstream {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    knobs: Arc<Knobs>,
     task: JoinHandle<()>,
 }
 
@@ -77,8 +88,10 @@ impl Upstream {
             .local_addr()
             .expect("bound listener has an address");
         let hits = Arc::new(AtomicUsize::new(0));
+        let knobs = Arc::new(Knobs::default());
         let name: Arc<str> = name.into();
         let h = hits.clone();
+        let k = knobs.clone();
         let task = tokio::spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             match protocols {
@@ -90,11 +103,14 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (name, hits, builder) = (name.clone(), h.clone(), builder.clone());
+                let (name, hits, knobs, builder) =
+                    (name.clone(), h.clone(), k.clone(), builder.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        hits.fetch_add(1, Ordering::SeqCst);
-                        respond(name.clone(), req)
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        if req.uri().path() != "/healthz" {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                        }
+                        respond(name.clone(), knobs.clone(), req)
                     });
                     let _ = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -102,7 +118,12 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, hits, task }
+        Upstream {
+            addr,
+            hits,
+            knobs,
+            task,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -111,6 +132,18 @@ impl Upstream {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Every later answer waits this long first (upgrades and health checks excepted).
+    pub fn set_delay(&self, delay: Duration) {
+        self.knobs
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The status `/healthz` answers from now on.
+    pub fn set_health(&self, status: u16) {
+        self.knobs.health.store(status, Ordering::SeqCst);
     }
 
     /// Stops accepting; established connections end when their tasks next fail.
@@ -158,10 +191,21 @@ fn full(b: impl Into<Bytes>) -> TestBody {
 
 async fn respond(
     name: Arc<str>,
+    knobs: Arc<Knobs>,
     mut req: Request<Incoming>,
 ) -> Result<Response<TestBody>, Infallible> {
     let path = req.uri().path().to_string();
-    let mut resp = if req.headers().contains_key(header::UPGRADE) {
+    let delay = knobs.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 && path != "/healthz" && !req.headers().contains_key(header::UPGRADE) {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let mut resp = if path == "/healthz" {
+        let mut r = Response::new(full(format!("health of {name}\n")));
+        let code = knobs.health.load(Ordering::SeqCst);
+        *r.status_mut() =
+            StatusCode::from_u16(if code == 0 { 200 } else { code }).unwrap_or(StatusCode::OK);
+        r
+    } else if req.headers().contains_key(header::UPGRADE) {
         upgrade(&mut req)
     } else if let Some(code) = path.strip_prefix("/status/") {
         let mut r = Response::new(full(format!("status {code} from {name}\n")));

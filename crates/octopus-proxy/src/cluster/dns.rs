@@ -13,23 +13,48 @@ use std::time::Duration;
 /// A lookup slower than this counts as failed; the last good set keeps serving.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Turns a host name into addresses. The system resolver is used in production;
+/// tests substitute their own to control answers and failures.
+pub trait Resolve: Send + Sync + 'static {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>,
+    >;
+}
+
+/// getaddrinfo through tokio's blocking pool: honours /etc/hosts and resolv.conf.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>,
+    > {
+        Box::pin(async move { Ok(tokio::net::lookup_host((host, port)).await?.collect()) })
+    }
+}
+
 /// Resolves `names`, keeping `previous` addresses for any name whose lookup fails.
 pub(super) async fn resolve_all(
     cluster: &str,
     names: &[HostPort],
     previous: &HashMap<HostPort, Vec<SocketAddr>>,
     metrics: &Metrics,
+    resolver: &dyn Resolve,
 ) -> HashMap<HostPort, Vec<SocketAddr>> {
     let mut out = HashMap::new();
     for name in names {
-        let lookup = tokio::time::timeout(
-            LOOKUP_TIMEOUT,
-            tokio::net::lookup_host((name.host.as_str(), name.port)),
-        )
-        .await;
+        let lookup =
+            tokio::time::timeout(LOOKUP_TIMEOUT, resolver.resolve(&name.host, name.port)).await;
         let result = match lookup {
-            Ok(Ok(addrs)) => {
-                let mut addrs: Vec<SocketAddr> = addrs.collect();
+            Ok(Ok(mut addrs)) => {
                 addrs.sort();
                 addrs.dedup();
                 if addrs.is_empty() {
@@ -66,6 +91,7 @@ pub(super) struct Refresher {
     pub pool: EndpointPool,
     pub members: Arc<Membership>,
     pub metrics: Arc<Metrics>,
+    pub resolver: Arc<dyn Resolve>,
     pub interval: Duration,
 }
 
@@ -73,8 +99,14 @@ impl Refresher {
     pub async fn run(mut self) {
         loop {
             tokio::time::sleep(self.interval).await;
-            self.resolved =
-                resolve_all(&self.cluster, &self.names, &self.resolved, &self.metrics).await;
+            self.resolved = resolve_all(
+                &self.cluster,
+                &self.names,
+                &self.resolved,
+                &self.metrics,
+                &*self.resolver,
+            )
+            .await;
             // Endpoints that left the set are forgotten, so they are rebuilt fresh if
             // they come back; those that stayed keep their state.
             let current: std::collections::HashSet<SocketAddr> =

@@ -6,6 +6,8 @@
 mod dns;
 mod health;
 
+pub use dns::{Resolve, SystemResolver};
+
 use crate::balance::{Balancer, Member, Membership};
 use crate::endpoint::{Endpoint, EndpointStats};
 use crate::BoxService;
@@ -23,6 +25,14 @@ pub struct MemberView {
     pub weight: u32,
     /// Whether the balancer may pick it now (healthy and weight > 0).
     pub available: bool,
+}
+
+/// What building clusters needs from the process: the metrics registry and the DNS
+/// resolver.
+#[derive(Clone)]
+pub struct BuildContext {
+    pub metrics: Arc<Metrics>,
+    pub resolver: Arc<dyn Resolve>,
 }
 
 pub struct Cluster {
@@ -117,7 +127,7 @@ impl Cluster {
         name: &str,
         spec: &ClusterConfig,
         previous: Option<&Cluster>,
-        metrics: &Arc<Metrics>,
+        ctx: &BuildContext,
     ) -> Arc<Cluster> {
         let name: Arc<str> = name.into();
         let mut pool = EndpointPool::new(name.clone(), spec, previous);
@@ -127,7 +137,8 @@ impl Cluster {
             .filter(|e| e.address.ip().is_none())
             .map(|e| e.address.clone())
             .collect();
-        let resolved = dns::resolve_all(&name, &names, &HashMap::new(), metrics).await;
+        let resolved =
+            dns::resolve_all(&name, &names, &HashMap::new(), &ctx.metrics, &*ctx.resolver).await;
         let members = pool.members(&resolved);
         if spec.health_check.is_none() {
             // Health from a previous config's checks no longer applies.
@@ -142,7 +153,8 @@ impl Cluster {
                 resolved,
                 pool,
                 members: membership.clone(),
-                metrics: metrics.clone(),
+                metrics: ctx.metrics.clone(),
+                resolver: ctx.resolver.clone(),
                 interval: spec.dns_refresh_interval.get(),
             };
             tasks.push(tokio::spawn(refresh.run()).abort_handle());
