@@ -78,18 +78,19 @@ async fn invalid_file_is_rejected_and_old_config_serves() {
         "{m}"
     );
 
-    // Moving a listener needs a restart today: refused, nothing changes.
+    // A listener moved to a port that is taken: refused, nothing changes.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let moved = config("green", &blue, &green).replace(
         "listen: 127.0.0.1:0\n  routes",
-        "listen: 127.0.0.1:1\n  routes",
+        &format!("listen: {}\n  routes", taken.local_addr().unwrap()),
     );
-    let moved = parse(&moved);
-    assert!(proxy
-        .reload(moved, None)
+    let err = proxy
+        .reload(parse(&moved), None)
         .await
         .unwrap_err()
-        .to_string()
-        .contains("outbound.listen"));
+        .to_string();
+    assert!(err.contains("cannot bind the outbound listener"), "{err}");
+    assert_eq!(proxy.generation(), 1);
     assert_eq!(get(out, "svc", "/").await.upstream(), "blue");
 
     let good = temp_file(&config("green", &blue, &green));
@@ -116,5 +117,60 @@ async fn unchanged_clusters_keep_their_state_across_reloads() {
     assert_eq!(
         clusters["clusters"]["blue"]["endpoints"][0]["requests_total"], 4,
         "blue's counters survived the reload"
+    );
+}
+
+#[tokio::test]
+async fn a_moved_listener_is_rebound_and_the_others_keep_serving() {
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let app = Upstream::start("app").await;
+    let with_inbound = |outbound: &str| {
+        config("blue", &blue, &green).replace(
+            "listen: 127.0.0.1:0\n  routes",
+            &format!("listen: {outbound}\n  routes"),
+        ) + &format!(
+            "inbound:\n  listen: 127.0.0.1:0\n  forward_to: {}\n",
+            app.addr()
+        )
+    };
+    let proxy = start(&with_inbound("127.0.0.1:0")).await;
+    let (old_out, inbound) = (
+        proxy.outbound_addr().unwrap(),
+        proxy.inbound_addr().unwrap(),
+    );
+    // A keep-alive client on the inbound listener must not notice the reload.
+    let inbound_client = HttpClient::http1();
+    assert_eq!(
+        inbound_client.get(inbound, "app", "/", &[]).await.status,
+        200
+    );
+
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert_eq!(
+        proxy
+            .reload(parse(&with_inbound(&free.to_string())), None)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(proxy.outbound_addr(), Some(free));
+    assert_eq!(get(free, "svc", "/").await.upstream(), "blue");
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            tokio::net::TcpStream::connect(old_out).await.is_err()
+        })
+        .await,
+        "the old outbound port closes"
+    );
+    assert_eq!(proxy.inbound_addr(), Some(inbound));
+    assert_eq!(
+        inbound_client.get(inbound, "app", "/", &[]).await.status,
+        200
     );
 }

@@ -206,7 +206,7 @@ impl octopus_proxy::cluster::Resolve for FakeResolver {
 
 /// Starts octopus with a test-controlled DNS resolver.
 pub async fn start_with_resolver(yaml: &str, resolver: Arc<FakeResolver>) -> Proxy {
-    Proxy::start_with_resolver(parse(yaml), None, Metrics::new(), resolver)
+    Proxy::start_with_resolver(parse(yaml), None, None, Metrics::new(), resolver)
         .await
         .expect("octopus starts")
 }

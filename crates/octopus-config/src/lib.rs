@@ -11,15 +11,23 @@ mod locate;
 mod schema;
 mod types;
 mod validate;
+mod watch;
 
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use schema::*;
 pub use types::{Duration, HashOn, HostPort, LbPolicy, Protocol};
+pub use watch::ConfigWatcher;
 
 /// Reads, parses and validates a control file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    load_file_with_digest(path).map(|(config, _)| config)
+}
+
+/// [`load_file`], also returning the SHA-256 of the file's bytes (hex), so a reload can
+/// tell an edit from a touch and operators can match `/config` against `sha256sum`.
+pub fn load_file_with_digest(path: &Path) -> Result<(Config, String), ConfigErrors> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors::single(
@@ -27,7 +35,17 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
             ConfigError::new("", format!("cannot read file: {e}")),
         )
     })?;
-    load_str(&text, &origin)
+    let config = load_str(&text, &origin)?;
+    Ok((config, digest(text.as_bytes())))
+}
+
+/// Lower-case hex SHA-256, as `sha256sum` prints it.
+pub fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Parses and validates control-file text; `origin` names it in error messages.

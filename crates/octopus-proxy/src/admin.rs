@@ -76,6 +76,7 @@ fn config_view(shared: &Shared) -> serde_json::Value {
         "generation": snap.generation,
         "loaded_at_unix": snap.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "source": snap.source,
+        "sha256": snap.digest,
         "config": config,
     })
 }

@@ -12,7 +12,7 @@ use octopus_metrics::Metrics;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -34,30 +34,77 @@ pub enum StartError {
 pub enum ReloadError {
     #[error(transparent)]
     Invalid(#[from] ConfigErrors),
-    #[error(
-        "{0}: changing listener addresses needs a restart (not supported yet); nothing was changed"
-    )]
-    ListenerChanged(&'static str),
+    /// A moved listener could not be bound; nothing changed.
+    #[error("{0}; nothing was changed")]
+    Bind(StartError),
     #[error(transparent)]
     Compile(#[from] CompileError),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Admin,
+    Outbound,
+    Inbound,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Outbound, Kind::Inbound, Kind::Admin];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Admin => "admin",
+            Kind::Outbound => "outbound",
+            Kind::Inbound => "inbound",
+        }
+    }
+
+    fn address(self, c: &Config) -> Option<&HostPort> {
+        match self {
+            Kind::Admin => Some(&c.admin.listen),
+            Kind::Outbound => c.outbound.as_ref().map(|o| &o.listen),
+            Kind::Inbound => c.inbound.as_ref().map(|i| &i.listen),
+        }
+    }
+}
+
+/// One bound, serving listener.
+struct Listener {
+    configured: HostPort,
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Listeners {
+    admin: Option<Listener>,
+    outbound: Option<Listener>,
+    inbound: Option<Listener>,
+    /// Listeners replaced by a reload, still draining their connections.
+    retired: Vec<JoinHandle<()>>,
+}
+
+impl Listeners {
+    fn slot(&mut self, kind: Kind) -> &mut Option<Listener> {
+        match kind {
+            Kind::Admin => &mut self.admin,
+            Kind::Outbound => &mut self.outbound,
+            Kind::Inbound => &mut self.inbound,
+        }
+    }
+}
+
 pub struct Proxy {
     shared: Arc<Shared>,
-    admin_addr: SocketAddr,
-    outbound_addr: Option<SocketAddr>,
-    inbound_addr: Option<SocketAddr>,
-    stop_traffic: watch::Sender<bool>,
-    stop_admin: watch::Sender<bool>,
-    traffic_tasks: Vec<JoinHandle<()>>,
-    admin_task: JoinHandle<()>,
+    listeners: Mutex<Listeners>,
     /// Serialises reloads: each compiles against the snapshot the previous one stored.
     reloading: tokio::sync::Mutex<()>,
 }
 
-async fn bind(listener: &'static str, addr: &HostPort) -> Result<TcpListener, StartError> {
+async fn bind(kind: Kind, addr: &HostPort) -> Result<TcpListener, StartError> {
     let err = |source| StartError::Bind {
-        listener,
+        listener: kind.name(),
         addr: addr.to_string(),
         source,
     };
@@ -70,6 +117,50 @@ async fn bind(listener: &'static str, addr: &HostPort) -> Result<TcpListener, St
     TcpListener::bind(sa).await.map_err(err)
 }
 
+fn spawn(kind: Kind, l: TcpListener, configured: HostPort, shared: &Arc<Shared>) -> Listener {
+    let local = l
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let (stop, stop_rx) = watch::channel(false);
+    let metrics = shared.metrics.clone();
+    let sh = shared.clone();
+    let task = match kind {
+        Kind::Admin => tokio::spawn(listener::serve(
+            l,
+            kind.name(),
+            metrics,
+            stop_rx,
+            move |req, _peer| {
+                let sh = sh.clone();
+                async move { admin::handle(&sh, &req) }
+            },
+        )),
+        Kind::Outbound | Kind::Inbound => {
+            let dir = if kind == Kind::Outbound {
+                Direction::Outbound
+            } else {
+                Direction::Inbound
+            };
+            tokio::spawn(listener::serve(
+                l,
+                kind.name(),
+                metrics,
+                stop_rx,
+                move |req, peer| {
+                    let sh = sh.clone();
+                    async move { handler::handle(&sh, dir, peer, req).await }
+                },
+            ))
+        }
+    };
+    Listener {
+        configured,
+        local,
+        stop,
+        task,
+    }
+}
+
 impl Proxy {
     /// Compiles `config` (already validated), binds every listener, and starts serving.
     /// Ready (`/ready` = 200) once this returns.
@@ -78,106 +169,76 @@ impl Proxy {
         source: Option<String>,
         metrics: Arc<Metrics>,
     ) -> Result<Proxy, StartError> {
-        Self::start_with_resolver(config, source, metrics, Arc::new(SystemResolver)).await
+        Self::start_with_resolver(config, source, None, metrics, Arc::new(SystemResolver)).await
     }
 
-    /// [`Proxy::start`] with another DNS resolver (tests use this to control answers).
+    /// [`Proxy::start`] with the file's digest (shown in `/config`) and a DNS resolver
+    /// of the caller's choice (tests use this to control answers).
     pub async fn start_with_resolver(
         config: Config,
         source: Option<String>,
+        digest: Option<String>,
         metrics: Arc<Metrics>,
         resolver: Arc<dyn Resolve>,
     ) -> Result<Proxy, StartError> {
-        let admin_l = bind("admin", &config.admin.listen).await?;
-        let outbound_l = match &config.outbound {
-            Some(o) => Some(bind("outbound", &o.listen).await?),
-            None => None,
-        };
-        let inbound_l = match &config.inbound {
-            Some(i) => Some(bind("inbound", &i.listen).await?),
-            None => None,
-        };
+        let mut bound = Vec::new();
+        for kind in Kind::ALL {
+            if let Some(addr) = kind.address(&config) {
+                bound.push((kind, bind(kind, addr).await?, addr.clone()));
+            }
+        }
         let ctx = BuildContext {
             metrics: metrics.clone(),
             resolver,
         };
-        let snapshot = Snapshot::compile(config, 1, source, None, &ctx).await?;
+        let snapshot = Snapshot::compile(config, 1, source, digest, None, &ctx).await?;
         metrics.config_generation.set(1);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
-            metrics: metrics.clone(),
+            metrics,
             build: ctx,
             ready: AtomicBool::new(false),
         });
-        let local = |l: &TcpListener| l.local_addr().ok();
-        let admin_addr = admin_l.local_addr().map_err(|source| StartError::Bind {
-            listener: "admin",
-            addr: "?".into(),
-            source,
-        })?;
-        let (outbound_addr, inbound_addr) = (
-            outbound_l.as_ref().and_then(local),
-            inbound_l.as_ref().and_then(local),
-        );
-
-        let (stop_traffic, traffic_rx) = watch::channel(false);
-        let (stop_admin, admin_rx) = watch::channel(false);
-        let mut traffic_tasks = Vec::new();
-        for (l, name, dir) in [
-            (outbound_l, "outbound", Direction::Outbound),
-            (inbound_l, "inbound", Direction::Inbound),
-        ] {
-            let Some(l) = l else { continue };
-            let sh = shared.clone();
-            let handler = move |req, peer| {
-                let sh = sh.clone();
-                async move { handler::handle(&sh, dir, peer, req).await }
-            };
-            traffic_tasks.push(tokio::spawn(listener::serve(
-                l,
-                name,
-                metrics.clone(),
-                traffic_rx.clone(),
-                handler,
-            )));
+        let mut listeners = Listeners::default();
+        for (kind, l, configured) in bound {
+            *listeners.slot(kind) = Some(spawn(kind, l, configured, &shared));
         }
-        let sh = shared.clone();
-        let admin_handler = move |req, _peer| {
-            let sh = sh.clone();
-            async move { admin::handle(&sh, &req) }
-        };
-        let admin_task = tokio::spawn(listener::serve(
-            admin_l,
-            "admin",
-            metrics,
-            admin_rx,
-            admin_handler,
-        ));
         shared.ready.store(true, Ordering::Release);
-        let show = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_string(), |a| a.to_string());
-        tracing::info!(admin = %admin_addr, outbound = %show(outbound_addr), inbound = %show(inbound_addr), "octopus is serving");
-        Ok(Proxy {
+        let proxy = Proxy {
             shared,
-            admin_addr,
-            outbound_addr,
-            inbound_addr,
-            stop_traffic,
-            stop_admin,
-            traffic_tasks,
-            admin_task,
+            listeners: Mutex::new(listeners),
             reloading: tokio::sync::Mutex::new(()),
-        })
+        };
+        let show = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_string(), |a| a.to_string());
+        tracing::info!(
+            admin = %proxy.admin_addr(),
+            outbound = %show(proxy.outbound_addr()),
+            inbound = %show(proxy.inbound_addr()),
+            "octopus is serving"
+        );
+        Ok(proxy)
+    }
+
+    fn local(&self, kind: Kind) -> Option<SocketAddr> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .slot(kind)
+            .as_ref()
+            .map(|l| l.local)
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
+        self.local(Kind::Admin)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
     pub fn outbound_addr(&self) -> Option<SocketAddr> {
-        self.outbound_addr
+        self.local(Kind::Outbound)
     }
     pub fn inbound_addr(&self) -> Option<SocketAddr> {
-        self.inbound_addr
+        self.local(Kind::Inbound)
     }
+
     /// The drain deadline of the config serving now (it may have been reloaded).
     pub fn drain_timeout(&self) -> Duration {
         self.shared.snapshot.load().config.drain_timeout.get()
@@ -186,26 +247,40 @@ impl Proxy {
         self.shared.snapshot.load().generation
     }
 
-    /// Re-reads, validates and applies a control file. On any error nothing changes,
-    /// the failure is counted, and the old config keeps serving.
+    /// Re-reads, validates and applies a control file. A file whose bytes did not
+    /// change is a no-op (editors and the kubelet touch files without editing them).
+    /// On any error nothing changes, the failure is counted and logged by the caller,
+    /// and the old config keeps serving.
     pub async fn reload_file(&self, path: &Path) -> Result<u64, ReloadError> {
-        let result = match octopus_config::load_file(path) {
-            Ok(c) => self.apply(c, Some(path.display().to_string())).await,
-            Err(e) => Err(e.into()),
+        let (config, digest) = match octopus_config::load_file_with_digest(path) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                self.count_reload(false);
+                return Err(e.into());
+            }
         };
-        self.count_reload(&result);
+        let current = self.shared.snapshot.load();
+        if current.digest.as_deref() == Some(digest.as_str()) {
+            tracing::debug!(file = %path.display(), "config file unchanged; nothing to reload");
+            return Ok(current.generation);
+        }
+        drop(current);
+        let result = self
+            .apply(config, Some(path.display().to_string()), Some(digest))
+            .await;
+        self.count_reload(result.is_ok());
         result
     }
 
     /// Applies an already validated config (see [`Proxy::reload_file`]).
     pub async fn reload(&self, config: Config, source: Option<String>) -> Result<u64, ReloadError> {
-        let result = self.apply(config, source).await;
-        self.count_reload(&result);
+        let result = self.apply(config, source, None).await;
+        self.count_reload(result.is_ok());
         result
     }
 
-    fn count_reload(&self, result: &Result<u64, ReloadError>) {
-        let label = if result.is_ok() { "success" } else { "failure" };
+    fn count_reload(&self, ok: bool) {
+        let label = if ok { "success" } else { "failure" };
         self.shared
             .metrics
             .config_reloads_total
@@ -213,30 +288,63 @@ impl Proxy {
             .inc();
     }
 
-    async fn apply(&self, config: Config, source: Option<String>) -> Result<u64, ReloadError> {
+    async fn apply(
+        &self,
+        config: Config,
+        source: Option<String>,
+        digest: Option<String>,
+    ) -> Result<u64, ReloadError> {
         let _serial = self.reloading.lock().await;
+        // Bind moved listeners first: a port that cannot be bound rejects the reload
+        // before anything changes.
+        let mut moved = Vec::new();
+        for kind in Kind::ALL {
+            let want = kind.address(&config).cloned();
+            let have = self
+                .listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .slot(kind)
+                .as_ref()
+                .map(|l| l.configured.clone());
+            if want != have {
+                let l = match &want {
+                    Some(addr) => Some((
+                        bind(kind, addr).await.map_err(ReloadError::Bind)?,
+                        addr.clone(),
+                    )),
+                    None => None,
+                };
+                moved.push((kind, l));
+            }
+        }
         let current = self.shared.snapshot.load_full();
-        let old = &current.config;
-        if old.admin.listen != config.admin.listen {
-            return Err(ReloadError::ListenerChanged("admin.listen"));
-        }
-        if old.outbound.as_ref().map(|o| &o.listen) != config.outbound.as_ref().map(|o| &o.listen) {
-            return Err(ReloadError::ListenerChanged("outbound.listen"));
-        }
-        if old.inbound.as_ref().map(|i| &i.listen) != config.inbound.as_ref().map(|i| &i.listen) {
-            return Err(ReloadError::ListenerChanged("inbound.listen"));
-        }
         let generation = current.generation + 1;
         let next = Snapshot::compile(
             config,
             generation,
             source,
+            digest,
             Some(&current),
             &self.shared.build,
         )
         .await?;
         self.shared.snapshot.store(Arc::new(next));
         self.shared.metrics.config_generation.set(generation as i64);
+        // Swap listeners after the new config is in place; the old ones drain.
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        for (kind, l) in moved {
+            let new = l.map(|(l, configured)| spawn(kind, l, configured, &self.shared));
+            if let Some(n) = &new {
+                tracing::info!(listener = kind.name(), address = %n.local, "listener bound");
+            }
+            if let Some(old) = std::mem::replace(listeners.slot(kind), new) {
+                tracing::info!(listener = kind.name(), address = %old.local, "listener closed; draining its connections");
+                let _ = old.stop.send(true);
+                listeners.retired.push(old.task);
+            }
+        }
+        listeners.retired.retain(|t| !t.is_finished());
         tracing::info!(generation, "config reloaded");
         Ok(generation)
     }
@@ -245,19 +353,31 @@ impl Proxy {
     /// the admin listener. Returns whether every connection drained in time.
     pub async fn shutdown(self, drain: Duration) -> bool {
         self.shared.ready.store(false, Ordering::Release);
-        let _ = self.stop_traffic.send(true);
-        let drained =
-            tokio::time::timeout(drain, futures_util::future::join_all(self.traffic_tasks))
-                .await
-                .is_ok();
+        let mut listeners = self
+            .listeners
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut draining = std::mem::take(&mut listeners.retired);
+        for l in [listeners.outbound.take(), listeners.inbound.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = l.stop.send(true);
+            draining.push(l.task);
+        }
+        let drained = tokio::time::timeout(drain, futures_util::future::join_all(draining))
+            .await
+            .is_ok();
         if !drained {
             tracing::warn!(
                 ?drain,
                 "drain deadline passed; closing the remaining connections"
             );
         }
-        let _ = self.stop_admin.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.admin_task).await;
+        if let Some(admin) = listeners.admin.take() {
+            let _ = admin.stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(1), admin.task).await;
+        }
         drained
     }
 }

@@ -61,6 +61,8 @@ pub struct Snapshot {
     pub generation: u64,
     pub loaded_at: SystemTime,
     pub source: Option<String>,
+    /// SHA-256 of the file this config was read from, when it came from a file.
+    pub digest: Option<String>,
     pub config: Arc<Config>,
     pub outbound: Option<Outbound>,
     pub inbound: Option<Inbound>,
@@ -78,6 +80,7 @@ impl Snapshot {
         config: Config,
         generation: u64,
         source: Option<String>,
+        digest: Option<String>,
         previous: Option<&Snapshot>,
         ctx: &BuildContext,
     ) -> Result<Snapshot, CompileError> {
@@ -200,6 +203,7 @@ impl Snapshot {
             generation,
             loaded_at: SystemTime::now(),
             source,
+            digest,
             config: Arc::new(config),
             outbound,
             inbound,

@@ -1,8 +1,10 @@
 use crate::cli::{ConfigArg, RunArgs};
 use octopus_config::Config;
 use octopus_metrics::Metrics;
+use octopus_proxy::cluster::SystemResolver;
 use octopus_proxy::Proxy;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 pub fn validate(args: &ConfigArg) -> ExitCode {
     match octopus_config::load_file(&args.config) {
@@ -48,8 +50,8 @@ fn split_report(config: &Config) -> Vec<String> {
 
 pub fn run(args: RunArgs) -> ExitCode {
     let path = args.config.config;
-    let config = match octopus_config::load_file(&path) {
-        Ok(c) => c,
+    let (config, digest) = match octopus_config::load_file_with_digest(&path) {
+        Ok(loaded) => loaded,
         Err(errors) => {
             tracing::error!("refusing to start: invalid config\n{errors}");
             eprintln!("{errors}");
@@ -78,16 +80,25 @@ pub fn run(args: RunArgs) -> ExitCode {
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), workers, "starting: {}", config.summary());
     runtime.block_on(async move {
-        let proxy =
-            match Proxy::start(config, Some(path.display().to_string()), Metrics::new()).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start");
-                    eprintln!("octopus: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-        if let Err(e) = signals::wait_for_shutdown(&proxy, &path).await {
+        let source = Some(path.display().to_string());
+        let resolver = Arc::new(SystemResolver);
+        let proxy = match Proxy::start_with_resolver(
+            config,
+            source,
+            Some(digest),
+            Metrics::new(),
+            resolver,
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                eprintln!("octopus: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = signals::serve_until_shutdown(&proxy, &path).await {
             tracing::error!(error = %e, "cannot install signal handlers");
             return ExitCode::FAILURE;
         }
@@ -100,23 +111,48 @@ pub fn run(args: RunArgs) -> ExitCode {
 }
 
 mod signals {
+    use octopus_config::ConfigWatcher;
     use octopus_proxy::Proxy;
     use std::path::Path;
     use tokio::signal::unix::{signal, SignalKind};
 
-    /// Serves SIGHUP as "reload the config file" until SIGTERM or SIGINT arrives.
-    pub async fn wait_for_shutdown(proxy: &Proxy, path: &Path) -> std::io::Result<()> {
+    /// Reloads the config file when it changes on disk or on SIGHUP, until SIGTERM or
+    /// SIGINT arrives.
+    pub async fn serve_until_shutdown(proxy: &Proxy, path: &Path) -> std::io::Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        // Without a watcher (e.g. inotify limits reached) SIGHUP still works.
+        let mut watcher = match ConfigWatcher::new(path) {
+            Ok(w) => {
+                tracing::info!(dir = %w.dir().display(), "watching the config file for changes");
+                Some(w)
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
+                None
+            }
+        };
         loop {
-            tokio::select! {
+            let trigger = tokio::select! {
                 _ = term.recv() => return Ok(()),
                 _ = int.recv() => return Ok(()),
-                _ = hup.recv() => match proxy.reload_file(path).await {
-                    Ok(generation) => tracing::info!(generation, file = %path.display(), "SIGHUP: config reloaded"),
-                    Err(e) => tracing::error!(file = %path.display(), "SIGHUP: reload rejected, the previous config keeps serving: {e}"),
-                },
+                _ = hup.recv() => "SIGHUP",
+                Some(()) = async { match watcher.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => "file change",
+            };
+            let before = proxy.generation();
+            match proxy.reload_file(path).await {
+                Ok(generation) if generation == before => {
+                    tracing::debug!(trigger, file = %path.display(), "config unchanged")
+                }
+                Ok(generation) => {
+                    tracing::info!(trigger, generation, file = %path.display(), "config reloaded")
+                }
+                Err(e) => tracing::error!(
+                    trigger,
+                    file = %path.display(),
+                    "reload rejected, the previous config keeps serving: {e}"
+                ),
             }
         }
     }

@@ -1,0 +1,114 @@
+//! Notices edits of the control file. The file's directory is watched rather than the
+//! file itself, because the two ways operators replace it both swap directory entries:
+//! editors write a temporary file and rename it over the old one, and Kubernetes
+//! ConfigMaps re-point a `..data` symlink. Events are debounced; the caller re-reads
+//! the file and compares digests, so spurious events cost one read.
+
+use notify::{RecursiveMode, Watcher};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Quiet time after the last event before a change is reported: editors and the
+/// kubelet touch several entries per save.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
+pub struct ConfigWatcher {
+    _watcher: notify::RecommendedWatcher,
+    events: mpsc::Receiver<()>,
+    dir: PathBuf,
+}
+
+impl ConfigWatcher {
+    /// Watches the directory that holds `path`.
+    pub fn new(path: &Path) -> Result<Self, notify::Error> {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let (tx, events) = mpsc::channel(1);
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if let Ok(ev) = res {
+                    if !ev.kind.is_access() {
+                        // A full channel already holds a pending notice: nothing is lost.
+                        let _ = tx.try_send(());
+                    }
+                }
+            })?;
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        Ok(ConfigWatcher {
+            _watcher: watcher,
+            events,
+            dir,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Waits for the next burst of changes to settle. `None` if the watcher stopped.
+    pub async fn changed(&mut self) -> Option<()> {
+        self.events.recv().await?;
+        loop {
+            match tokio::time::timeout(DEBOUNCE, self.events.recv()).await {
+                Ok(Some(())) => continue,
+                Ok(None) => return None,
+                Err(_) => return Some(()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let d = std::env::temp_dir().join(format!(
+            "octopus-watch-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[tokio::test]
+    async fn sees_rename_over_and_symlink_swap() {
+        // Editor style: write a temporary file, rename it over the config.
+        let d = temp_dir("rename");
+        let cfg = d.join("octopus.yaml");
+        std::fs::write(&cfg, "a").unwrap();
+        let mut w = ConfigWatcher::new(&cfg).unwrap();
+        std::fs::write(d.join(".octopus.yaml.swp"), "b").unwrap();
+        std::fs::rename(d.join(".octopus.yaml.swp"), &cfg).unwrap();
+        assert!(tokio::time::timeout(Duration::from_secs(5), w.changed())
+            .await
+            .unwrap()
+            .is_some());
+        assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "b");
+
+        // ConfigMap style: octopus.yaml -> ..data/octopus.yaml, ..data -> ..v1, swapped to ..v2.
+        let d = temp_dir("configmap");
+        for v in ["..v1", "..v2"] {
+            std::fs::create_dir(d.join(v)).unwrap();
+            std::fs::write(d.join(v).join("octopus.yaml"), v).unwrap();
+        }
+        std::os::unix::fs::symlink("..v1", d.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/octopus.yaml", d.join("octopus.yaml")).unwrap();
+        let cfg = d.join("octopus.yaml");
+        let mut w = ConfigWatcher::new(&cfg).unwrap();
+        std::os::unix::fs::symlink("..v2", d.join("..data_tmp")).unwrap();
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+        assert!(tokio::time::timeout(Duration::from_secs(5), w.changed())
+            .await
+            .unwrap()
+            .is_some());
+        assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "..v2");
+    }
+}
