@@ -134,11 +134,25 @@ impl Checker {
                     self.err(format!("{p}.timeout"), "must be greater than 0");
                 }
             }
-            if r.hash_on.is_some() {
-                self.unsupported(&format!("{p}.hash_on"), "sticky split (`hash_on`)");
+            if r.hash_on.is_some() && r.split.is_none() {
+                self.err(
+                    format!("{p}.hash_on"),
+                    "`hash_on` makes a `split` sticky; this route has no split",
+                );
             }
-            if r.mirror.is_some() {
-                self.unsupported(&format!("{p}.mirror"), "traffic mirroring");
+            if let Some(m) = &r.mirror {
+                if !known(&m.cluster) {
+                    self.err(
+                        format!("{p}.mirror.cluster"),
+                        format!("unknown cluster `{}`", m.cluster),
+                    );
+                }
+                if !(0.0..=100.0).contains(&m.percent) {
+                    self.err(
+                        format!("{p}.mirror.percent"),
+                        format!("{} is not a percentage (0-100)", m.percent),
+                    );
+                }
             }
             if r.retry.is_some() {
                 self.unsupported(&format!("{p}.retry"), "retries");
@@ -236,6 +250,11 @@ impl Checker {
                 self.err(
                     format!("{hp}.path"),
                     format!("`{}` must start with `/`", hc.path),
+                );
+            } else if hc.path.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+                self.err(
+                    format!("{hp}.path"),
+                    "must be a request path without spaces or control characters",
                 );
             }
             if hc.interval.get().is_zero() {

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub connections_total: IntCounterVec,
     pub connections_active: IntGaugeVec,
     pub dns_failures_total: IntCounterVec,
+    pub mirror_requests_total: IntCounterVec,
     /// Per-endpoint gauges, refreshed from live cluster state at each scrape.
     pub endpoint_healthy: IntGaugeVec,
     pub endpoint_in_flight: IntGaugeVec,
@@ -94,6 +95,14 @@ impl Metrics {
             &["cluster"],
         )
         .expect("static metric definition");
+        let mirror_requests_total = IntCounterVec::new(
+            Opts::new(
+                "octopus_mirror_requests_total",
+                "Shadow copies sent by a route's mirror (responses are ignored).",
+            ),
+            &["route", "cluster"],
+        )
+        .expect("static metric definition");
         let endpoint_gauge = |name: &str, help: &str| {
             IntGaugeVec::new(Opts::new(name, help), &["cluster", "endpoint"])
                 .expect("static metric definition")
@@ -132,6 +141,7 @@ impl Metrics {
             Box::new(connections_active.clone()),
             Box::new(build_info),
             Box::new(dns_failures_total.clone()),
+            Box::new(mirror_requests_total.clone()),
             Box::new(endpoint_healthy.clone()),
             Box::new(endpoint_in_flight.clone()),
             Box::new(endpoint_weight.clone()),
@@ -156,6 +166,7 @@ impl Metrics {
             connections_total,
             connections_active,
             dns_failures_total,
+            mirror_requests_total,
             endpoint_healthy,
             endpoint_in_flight,
             endpoint_weight,

@@ -18,8 +18,14 @@ pub(crate) fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
     }
     match req.uri().path() {
         "/metrics" => {
-            refresh_endpoint_gauges(shared);
-            let mut resp = text(StatusCode::OK, shared.metrics.encode());
+            // Reset-and-refill of the endpoint gauges must not interleave with another
+            // scrape's, or one of them would miss series.
+            let page = {
+                let _one_at_a_time = shared.scrape.lock().unwrap_or_else(|p| p.into_inner());
+                refresh_endpoint_gauges(shared);
+                shared.metrics.encode()
+            };
+            let mut resp = text(StatusCode::OK, page);
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

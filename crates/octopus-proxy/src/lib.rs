@@ -16,6 +16,7 @@ pub mod error;
 pub mod handler;
 pub mod headers;
 mod listener;
+pub mod mirror;
 mod proxy;
 pub mod router;
 pub mod snapshot;
@@ -42,4 +43,6 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<octopus_metrics::Metrics>,
     pub(crate) build: cluster::BuildContext,
     pub(crate) ready: AtomicBool,
+    /// Serialises `/metrics` scrapes (see `admin::refresh_endpoint_gauges`).
+    pub(crate) scrape: std::sync::Mutex<()>,
 }

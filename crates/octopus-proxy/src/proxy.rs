@@ -198,6 +198,7 @@ impl Proxy {
             metrics,
             build: ctx,
             ready: AtomicBool::new(false),
+            scrape: std::sync::Mutex::new(()),
         });
         let mut listeners = Listeners::default();
         for (kind, l, configured) in bound {
@@ -329,7 +330,19 @@ impl Proxy {
             &self.shared.build,
         )
         .await?;
-        self.shared.snapshot.store(Arc::new(next));
+        let next = Arc::new(next);
+        self.shared.snapshot.store(next.clone());
+        // Replaced clusters stop their background work now; their successors took it
+        // over. In-flight requests may still use them.
+        for (name, old) in &current.clusters {
+            if next
+                .clusters
+                .get(name)
+                .is_none_or(|new| !Arc::ptr_eq(new, old))
+            {
+                old.stop_background();
+            }
+        }
         self.shared.metrics.config_generation.set(generation as i64);
         // Swap listeners after the new config is in place; the old ones drain.
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());

@@ -2,12 +2,13 @@
 //! handles. A reload compiles a whole new snapshot beside the old one and swaps it in
 //! with one store; requests keep the snapshot they started with until they end.
 //!
-//! Live state that must survive a reload (endpoint pools and counters) lives in
-//! [`Cluster`]s, which a new snapshot takes over from the old one when their spec is
-//! unchanged.
+//! Live state that must survive a reload lives outside the snapshot's own data: a
+//! [`Cluster`] whose spec is unchanged is taken over whole; a changed cluster is rebuilt
+//! but takes over the endpoints (pools, counters, health) whose address stays.
 
 pub use crate::cluster::{BuildContext, Cluster};
 use crate::endpoint::Endpoint;
+use crate::mirror::MirrorLayer;
 use crate::router::{Matcher, Router};
 use crate::split::Split;
 use crate::timeout::TimeoutLayer;
@@ -124,10 +125,20 @@ impl Snapshot {
                             .iter()
                             .map(|(w, c)| Ok((*w, lookup(c)?.service())))
                             .collect::<Result<Vec<_>, CompileError>>()?;
-                        BoxService::new(Split::new(targets))
+                        BoxService::new(Split::new(targets, r.hash_on.clone()))
                     };
                     if let Some(t) = r.timeout {
                         service = BoxService::new(TimeoutLayer::new(t.get()).layer(service));
+                    }
+                    // Outermost: one copy per client request, whatever retries follow.
+                    if let Some(m) = &r.mirror {
+                        let target = lookup(&m.cluster)?.service();
+                        let sent = metrics
+                            .mirror_requests_total
+                            .with_label_values(&[&r.name, &m.cluster]);
+                        service = BoxService::new(
+                            MirrorLayer::new(target, m.percent, sent).layer(service),
+                        );
                     }
                     let targets: Vec<(Arc<str>, TargetMetrics)> = weighted
                         .iter()

@@ -80,6 +80,15 @@ pub fn run(args: RunArgs) -> ExitCode {
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), workers, "starting: {}", config.summary());
     runtime.block_on(async move {
+        // Signal handlers first: a SIGTERM or SIGHUP while start-up waits on DNS must be
+        // queued, not kill the process by the default action.
+        let signals = match signals::Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
         let source = Some(path.display().to_string());
         let resolver = Arc::new(SystemResolver);
         let proxy = match Proxy::start_with_resolver(
@@ -98,10 +107,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if let Err(e) = signals::serve_until_shutdown(&proxy, &path).await {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
+        signals.serve_until_shutdown(&proxy, &path).await;
         let drain = proxy.drain_timeout();
         tracing::info!(?drain, "shutting down: draining in-flight requests");
         let drained = proxy.shutdown(drain).await;
@@ -114,45 +120,59 @@ mod signals {
     use octopus_config::ConfigWatcher;
     use octopus_proxy::Proxy;
     use std::path::Path;
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{signal, Signal, SignalKind};
 
-    /// Reloads the config file when it changes on disk or on SIGHUP, until SIGTERM or
-    /// SIGINT arrives.
-    pub async fn serve_until_shutdown(proxy: &Proxy, path: &Path) -> std::io::Result<()> {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        // Without a watcher (e.g. inotify limits reached) SIGHUP still works.
-        let mut watcher = match ConfigWatcher::new(path) {
-            Ok(w) => {
-                tracing::info!(dir = %w.dir().display(), "watching the config file for changes");
-                Some(w)
-            }
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
-                None
-            }
-        };
-        loop {
-            let trigger = tokio::select! {
-                _ = term.recv() => return Ok(()),
-                _ = int.recv() => return Ok(()),
-                _ = hup.recv() => "SIGHUP",
-                Some(()) = async { match watcher.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => "file change",
+    pub struct Signals {
+        term: Signal,
+        int: Signal,
+        hup: Signal,
+    }
+
+    impl Signals {
+        pub fn install() -> std::io::Result<Self> {
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+                hup: signal(SignalKind::hangup())?,
+            })
+        }
+
+        /// Reloads the config file when it changes on disk or on SIGHUP, until SIGTERM or
+        /// SIGINT arrives.
+        pub async fn serve_until_shutdown(mut self, proxy: &Proxy, path: &Path) {
+            let Signals { term, int, hup } = &mut self;
+            // Without a watcher (e.g. inotify limits reached) SIGHUP still works.
+            let mut watcher = match ConfigWatcher::new(path) {
+                Ok(w) => {
+                    tracing::info!(dir = %w.dir().display(), "watching the config file for changes");
+                    Some(w)
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
+                    None
+                }
             };
-            let before = proxy.generation();
-            match proxy.reload_file(path).await {
-                Ok(generation) if generation == before => {
-                    tracing::debug!(trigger, file = %path.display(), "config unchanged")
+            loop {
+                let trigger = tokio::select! {
+                    _ = term.recv() => return,
+                    _ = int.recv() => return,
+                    _ = hup.recv() => "SIGHUP",
+                    Some(()) = async { match watcher.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => "file change",
+                };
+                let before = proxy.generation();
+                match proxy.reload_file(path).await {
+                    Ok(generation) if generation == before => {
+                        tracing::debug!(trigger, file = %path.display(), "config unchanged")
+                    }
+                    Ok(generation) => {
+                        tracing::info!(trigger, generation, file = %path.display(), "config reloaded")
+                    }
+                    Err(e) => tracing::error!(
+                        trigger,
+                        file = %path.display(),
+                        "reload rejected, the previous config keeps serving: {e}"
+                    ),
                 }
-                Ok(generation) => {
-                    tracing::info!(trigger, generation, file = %path.display(), "config reloaded")
-                }
-                Err(e) => tracing::error!(
-                    trigger,
-                    file = %path.display(),
-                    "reload rejected, the previous config keeps serving: {e}"
-                ),
             }
         }
     }

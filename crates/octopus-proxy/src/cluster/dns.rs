@@ -88,6 +88,8 @@ pub(super) struct Refresher {
     pub cluster: Arc<str>,
     pub names: Vec<HostPort>,
     pub resolved: HashMap<HostPort, Vec<SocketAddr>>,
+    /// Where the cluster keeps the last good answers for its successor.
+    pub shared: Arc<std::sync::Mutex<HashMap<HostPort, Vec<SocketAddr>>>>,
     pub pool: EndpointPool,
     pub members: Arc<Membership>,
     pub metrics: Arc<Metrics>,
@@ -107,6 +109,7 @@ impl Refresher {
                 &*self.resolver,
             )
             .await;
+            *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = self.resolved.clone();
             // Endpoints that left the set are forgotten, so they are rebuilt fresh if
             // they come back; those that stayed keep their state.
             let current: std::collections::HashSet<SocketAddr> =

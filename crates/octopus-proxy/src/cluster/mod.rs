@@ -15,7 +15,7 @@ use octopus_config::{ClusterConfig, HostPort};
 use octopus_metrics::Metrics;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::task::AbortHandle;
 
 #[derive(Debug, serde::Serialize)]
@@ -41,13 +41,16 @@ pub struct Cluster {
     members: Arc<Membership>,
     service: BoxService,
     tasks: Vec<AbortHandle>,
+    /// Last good DNS answers, kept so a rebuilt cluster starts from them if DNS is
+    /// down at reload time.
+    resolved: Arc<Mutex<Resolved>>,
 }
+
+type Resolved = HashMap<HostPort, Vec<SocketAddr>>;
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.stop_background();
     }
 }
 
@@ -137,8 +140,12 @@ impl Cluster {
             .filter(|e| e.address.ip().is_none())
             .map(|e| e.address.clone())
             .collect();
+        let last_good = previous
+            .map(|p| p.resolved.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default();
         let resolved =
-            dns::resolve_all(&name, &names, &HashMap::new(), &ctx.metrics, &*ctx.resolver).await;
+            dns::resolve_all(&name, &names, &last_good, &ctx.metrics, &*ctx.resolver).await;
+        let shared_resolved = Arc::new(Mutex::new(resolved.clone()));
         let members = pool.members(&resolved);
         if spec.health_check.is_none() {
             // Health from a previous config's checks no longer applies.
@@ -151,6 +158,7 @@ impl Cluster {
                 cluster: name.clone(),
                 names,
                 resolved,
+                shared: shared_resolved.clone(),
                 pool,
                 members: membership.clone(),
                 metrics: ctx.metrics.clone(),
@@ -174,6 +182,7 @@ impl Cluster {
             members: membership,
             service,
             tasks,
+            resolved: shared_resolved,
         })
     }
 
@@ -191,7 +200,17 @@ impl Cluster {
             members: membership,
             service,
             tasks: Vec::new(),
+            resolved: Arc::default(),
         })
+    }
+
+    /// Stops DNS refresh and health checks. Called when a reload replaced this cluster
+    /// (its successor checks the same endpoints) even while in-flight requests still
+    /// hold it, so two checkers never judge one endpoint.
+    pub fn stop_background(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 
     pub fn service(&self) -> BoxService {

@@ -221,8 +221,9 @@ impl Drop for InFlight {
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that holds its endpoint's in-flight slot until it is finished
-    /// or dropped.
+    /// A response body that holds its endpoint's in-flight slot until it is dropped
+    /// (hyper drops it once the last byte has been sent to the client, or when the
+    /// client goes away).
     struct Tracked<B> {
         #[pin]
         inner: B,
