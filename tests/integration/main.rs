@@ -6,4 +6,5 @@ mod balancing;
 mod errors;
 mod protocols;
 mod reload;
+mod rollout;
 mod routing;

@@ -224,3 +224,91 @@ pub async fn eventually(limit: std::time::Duration, mut f: impl AsyncFnMut() -> 
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Opens an upgraded (WebSocket-style) connection through octopus; the test upstream
+/// echoes raw bytes on it.
+pub async fn upgraded(addr: SocketAddr, host: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "GET /chat HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write handshake");
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).await.expect("read handshake"),
+            1,
+            "closed during handshake"
+        );
+        got.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 101"), "{text}");
+    s
+}
+
+/// Sends `msg` on an upgraded connection and checks it comes back.
+pub async fn echo_round_trip(s: &mut tokio::net::TcpStream, msg: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(msg)
+        .await
+        .expect("write on upgraded connection");
+    let mut buf = vec![0u8; msg.len()];
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .expect("echo arrives in time")
+        .expect("upgraded connection still open");
+    assert_eq!(buf, msg);
+}
+
+/// Writes `text` to a fresh file under the temp dir and returns its path.
+pub fn temp_file(tag: &str, text: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let p = std::env::temp_dir().join(format!("octopus-{tag}-{}-{nanos}.yaml", std::process::id()));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Client tasks sending GETs in a loop until stopped; each records (start, status,
+/// upstream).
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<(tokio::time::Instant, u16, String)>>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, host: &'static str, clients: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let client = HttpClient::http1();
+                    let mut seen = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let started = tokio::time::Instant::now();
+                        let r = client.get(addr, host, "/", &[]).await;
+                        seen.push((started, r.status.as_u16(), r.upstream()));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    pub async fn finish(self) -> Vec<(tokio::time::Instant, u16, String)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    }
+}

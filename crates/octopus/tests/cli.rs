@@ -337,3 +337,106 @@ async fn streamed_10mib_bodies_keep_proxy_memory_bounded() {
         "proxy peak memory grew by {growth} KiB while streaming 10 MiB bodies"
     );
 }
+
+async fn admin_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let (_, body) = send(&client(), addr, "GET", path, Bytes::new()).await;
+    serde_json::from_slice(&body).unwrap()
+}
+
+async fn admin_text(addr: SocketAddr, path: &str) -> String {
+    let (_, body) = send(&client(), addr, "GET", path, Bytes::new()).await;
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+async fn wait_generation(admin: SocketAddr, want: u64) -> bool {
+    for _ in 0..250 {
+        if admin_json(admin, "/config").await["generation"] == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+async fn upstream_name(outbound: SocketAddr) -> String {
+    let req = http::Request::get(format!("http://{outbound}/"))
+        .header("host", "svc")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    resp.headers()["x-upstream"].to_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_edits_are_picked_up_configmap_swap_and_editor_rename() {
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let cfg = |active: &str| {
+        format!(
+            "admin: {{ listen: 127.0.0.1:0 }}\noutbound:\n  listen: 127.0.0.1:0\n  routes:\n    - {{ name: r, match: {{ host: svc }}, cluster: {active} }}\nclusters:\n  blue:\n    endpoints: [{}]\n  green:\n    endpoints: [{}]\n",
+            blue.addr(),
+            green.addr()
+        )
+    };
+    // The layout a Kubernetes ConfigMap volume has.
+    let dir = std::env::temp_dir().join(format!("octopus-cm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("..v1")).unwrap();
+    std::fs::write(dir.join("..v1/octopus.yaml"), cfg("blue")).unwrap();
+    std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/octopus.yaml", dir.join("octopus.yaml")).unwrap();
+    let d = Daemon::start(&dir.join("octopus.yaml"));
+    assert_eq!(upstream_name(d.outbound).await, "blue");
+
+    // The kubelet's atomic swap of `..data`.
+    std::fs::create_dir_all(dir.join("..v2")).unwrap();
+    std::fs::write(dir.join("..v2/octopus.yaml"), cfg("green")).unwrap();
+    std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    assert!(
+        wait_generation(d.admin, 2).await,
+        "ConfigMap swap was not picked up"
+    );
+    assert_eq!(upstream_name(d.outbound).await, "green");
+    let shown = admin_json(d.admin, "/config").await;
+    assert_eq!(
+        shown["sha256"],
+        octopus_config::digest(cfg("green").as_bytes())
+    );
+
+    // An editor's save: write a temporary file, rename it over the config.
+    std::fs::write(dir.join(".octopus.yaml.tmp"), cfg("blue")).unwrap();
+    std::fs::rename(dir.join(".octopus.yaml.tmp"), dir.join("octopus.yaml")).unwrap();
+    assert!(
+        wait_generation(d.admin, 3).await,
+        "rename-over was not picked up"
+    );
+    assert_eq!(upstream_name(d.outbound).await, "blue");
+
+    // A broken save is refused and counted; the running config keeps serving.
+    std::fs::write(dir.join(".octopus.yaml.tmp"), cfg("purple")).unwrap();
+    std::fs::rename(dir.join(".octopus.yaml.tmp"), dir.join("octopus.yaml")).unwrap();
+    let mut counted = false;
+    for _ in 0..250 {
+        if admin_text(d.admin, "/metrics")
+            .await
+            .contains(r#"octopus_config_reloads_total{result="failure"} 1"#)
+        {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(counted, "the invalid edit was not counted");
+    assert_eq!(admin_json(d.admin, "/config").await["generation"], 3);
+    assert_eq!(upstream_name(d.outbound).await, "blue");
+
+    // SIGHUP re-reads: the fixed file applies.
+    std::fs::write(dir.join("octopus.yaml"), cfg("green")).unwrap();
+    d.signal("-HUP");
+    assert!(wait_generation(d.admin, 4).await, "SIGHUP reload");
+    assert_eq!(upstream_name(d.outbound).await, "green");
+    let _ = std::fs::remove_dir_all(&dir);
+}
