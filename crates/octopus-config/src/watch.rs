@@ -10,8 +10,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Quiet time after the last event before a change is reported: editors and the
-/// kubelet touch several entries per save.
-const DEBOUNCE: Duration = Duration::from_millis(150);
+/// kubelet touch several entries per save, within a few milliseconds.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// A change is reported at most this long after its first event even if events keep
+/// coming, so a file rewritten continuously still gets reloaded.
+const MAX_DELAY: Duration = Duration::from_millis(250);
 
 pub struct ConfigWatcher {
     _watcher: notify::RecommendedWatcher,
@@ -51,8 +54,10 @@ impl ConfigWatcher {
     /// Waits for the next burst of changes to settle. `None` if the watcher stopped.
     pub async fn changed(&mut self) -> Option<()> {
         self.events.recv().await?;
+        let deadline = tokio::time::Instant::now() + MAX_DELAY;
         loop {
-            match tokio::time::timeout(DEBOUNCE, self.events.recv()).await {
+            let quiet = tokio::time::Instant::now() + DEBOUNCE;
+            match tokio::time::timeout_at(quiet.min(deadline), self.events.recv()).await {
                 Ok(Some(())) => continue,
                 Ok(None) => return None,
                 Err(_) => return Some(()),
@@ -110,5 +115,31 @@ mod tests {
             .unwrap()
             .is_some());
         assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "..v2");
+    }
+
+    #[tokio::test]
+    async fn continuous_edits_do_not_starve_the_reload() {
+        let d = temp_dir("storm");
+        let cfg = d.join("octopus.yaml");
+        std::fs::write(&cfg, "0").unwrap();
+        let mut w = ConfigWatcher::new(&cfg).unwrap();
+        // Rewrite every 20 ms for 2 s: quieter than the debounce, never long enough.
+        let writer = tokio::spawn(async move {
+            for i in 0..100 {
+                std::fs::write(&cfg, i.to_string()).unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), w.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a change is reported while edits go on"
+        );
+        assert!(!writer.is_finished());
+        writer.await.unwrap();
     }
 }
