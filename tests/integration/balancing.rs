@@ -102,6 +102,12 @@ async fn least_connections_avoids_a_slow_endpoint() {
     let total: usize = ups.iter().map(Upstream::hits).sum();
     assert_eq!(total, 32 * 40);
     let slow_share = ups[0].hits() as f64 / total as f64;
+    eprintln!(
+        "least_connections: slow {} / fast {} / fast {} of {total}",
+        ups[0].hits(),
+        ups[1].hits(),
+        ups[2].hits()
+    );
     assert!(
         slow_share < 0.10,
         "slow endpoint got {:.1}% ({} of {total})",

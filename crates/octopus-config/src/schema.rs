@@ -2,7 +2,7 @@
 //! `docs/configuration.md`). Every struct rejects unknown keys, so a typo is an error
 //! rather than a silently ignored setting.
 
-use crate::types::{Duration, HashOn, HostPort, LbPolicy, Protocol};
+use crate::types::{Duration, HashOn, HostPort, LbPolicy, Protocol, RetryOn};
 use serde::{de, Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 
@@ -97,15 +97,26 @@ pub struct MirrorConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
+    /// Total tries, the first included.
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<Duration>,
+    #[serde(default = "defaults::retry_on")]
+    pub retry_on: Vec<RetryOn>,
+    #[serde(default = "defaults::backoff")]
+    pub backoff: BackoffConfig,
+    #[serde(default = "defaults::budget")]
+    pub budget: BudgetConfig,
+    /// Retry POST and PATCH too (only when the upstream handles repeats safely).
     #[serde(default)]
-    pub retry_on: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backoff: Option<BackoffConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub budget: Option<BudgetConfig>,
+    pub non_idempotent: bool,
+    /// Request bodies up to this size are kept for replay; larger ones are streamed
+    /// and their requests not retried.
+    #[serde(default = "defaults::max_replay_bytes")]
+    pub max_replay_bytes: u32,
+    /// Add `x-octopus-attempts` to responses that took more than one try.
+    #[serde(default = "defaults::yes")]
+    pub attempts_header: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -264,6 +275,27 @@ mod defaults {
     }
     pub fn connect_timeout() -> Duration {
         Duration::from_millis(1_000)
+    }
+    pub fn retry_on() -> Vec<RetryOn> {
+        vec![RetryOn::ConnectFailure, RetryOn::Reset]
+    }
+    pub fn backoff() -> BackoffConfig {
+        BackoffConfig {
+            base: Duration::from_millis(25),
+            max: Duration::from_millis(250),
+        }
+    }
+    pub fn budget() -> BudgetConfig {
+        BudgetConfig {
+            ratio: 0.2,
+            min_per_second: 10,
+        }
+    }
+    pub fn max_replay_bytes() -> u32 {
+        64 * 1024
+    }
+    pub fn yes() -> bool {
+        true
     }
     pub fn dns_refresh_interval() -> Duration {
         Duration::from_millis(5_000)

@@ -210,6 +210,85 @@ impl fmt::Display for HashOn {
     }
 }
 
+/// A condition under which a failed try is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryOn {
+    /// The connection to the endpoint could not be made (refused, timed out).
+    ConnectFailure,
+    /// The connection broke after the request was sent, or the per-try timeout fired.
+    Reset,
+    /// The upstream answered 502, 503 or 504.
+    GatewayError,
+    /// The upstream answered this status.
+    Status(u16),
+}
+
+impl RetryOn {
+    pub fn matches_status(&self, status: u16) -> bool {
+        match self {
+            RetryOn::GatewayError => matches!(status, 502..=504),
+            RetryOn::Status(s) => *s == status,
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for RetryOn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "connect-failure" => Ok(RetryOn::ConnectFailure),
+            "reset" => Ok(RetryOn::Reset),
+            "gateway-error" => Ok(RetryOn::GatewayError),
+            code => match code.parse::<u16>() {
+                Ok(c) if (100..=599).contains(&c) => Ok(RetryOn::Status(c)),
+                _ => Err(format!(
+                    "invalid retry_on `{s}`: expected connect-failure, reset, gateway-error or a status code 100-599"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for RetryOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RetryOn::ConnectFailure => f.write_str("connect-failure"),
+            RetryOn::Reset => f.write_str("reset"),
+            RetryOn::GatewayError => f.write_str("gateway-error"),
+            RetryOn::Status(c) => write!(f, "{c}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RetryOn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = RetryOn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("connect-failure, reset, gateway-error or a status code")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RetryOn, E> {
+                v.parse().map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RetryOn, E> {
+                v.to_string().parse().map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RetryOn, E> {
+                v.to_string().parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for RetryOn {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// An RFC 9110 token: header names, methods and cookie names are tokens.
 pub(crate) fn http_token(s: &str) -> bool {
     !s.is_empty()

@@ -154,9 +154,36 @@ impl Checker {
                     );
                 }
             }
-            if r.retry.is_some() {
-                self.unsupported(&format!("{p}.retry"), "retries");
+            if let Some(retry) = &r.retry {
+                self.retry(&format!("{p}.retry"), retry);
             }
+        }
+    }
+
+    fn retry(&mut self, p: &str, r: &RetryConfig) {
+        if !(1..=10).contains(&r.attempts) {
+            self.err(
+                format!("{p}.attempts"),
+                "must be 1-10 (total tries, the first included)",
+            );
+        }
+        if r.per_try_timeout.is_some_and(|t| t.get().is_zero()) {
+            self.err(format!("{p}.per_try_timeout"), "must be greater than 0");
+        }
+        if r.backoff.base.get().is_zero() || r.backoff.base > r.backoff.max {
+            self.err(format!("{p}.backoff"), "needs 0 < base <= max");
+        }
+        if !(0.0..=10.0).contains(&r.budget.ratio) {
+            self.err(
+                format!("{p}.budget.ratio"),
+                "must be 0-10 (retries per request)",
+            );
+        }
+        if r.max_replay_bytes > 16 * 1024 * 1024 {
+            self.err(
+                format!("{p}.max_replay_bytes"),
+                "must be at most 16777216 (16 MiB)",
+            );
         }
     }
 
@@ -270,11 +297,28 @@ impl Checker {
                 self.err(format!("{hp}.healthy_threshold"), "must be at least 1");
             }
         }
-        if c.circuit_breaker.is_some() {
-            self.unsupported(&format!("{p}.circuit_breaker"), "circuit breaking");
+        if let Some(cb) = &c.circuit_breaker {
+            for (key, v) in [
+                ("max_connections", cb.max_connections),
+                ("max_pending_requests", cb.max_pending_requests),
+                ("max_requests", cb.max_requests),
+            ] {
+                if v == 0 {
+                    self.err(format!("{p}.circuit_breaker.{key}"), "must be at least 1");
+                }
+            }
         }
-        if c.outlier_detection.is_some() {
-            self.unsupported(&format!("{p}.outlier_detection"), "outlier detection");
+        if let Some(od) = &c.outlier_detection {
+            let op = format!("{p}.outlier_detection");
+            if od.consecutive_failures == 0 {
+                self.err(format!("{op}.consecutive_failures"), "must be at least 1");
+            }
+            if od.base_ejection_time.get().is_zero() {
+                self.err(format!("{op}.base_ejection_time"), "must be greater than 0");
+            }
+            if od.max_ejection_percent > 100 {
+                self.err(format!("{op}.max_ejection_percent"), "must be 0-100");
+            }
         }
         if c.tls.is_some() {
             self.unsupported(&format!("{p}.tls"), "TLS origination");

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub connections_active: IntGaugeVec,
     pub dns_failures_total: IntCounterVec,
     pub mirror_requests_total: IntCounterVec,
+    pub upstream_retries_total: IntCounterVec,
+    pub retry_budget_exhausted_total: IntCounterVec,
+    pub circuit_overflow_total: IntCounterVec,
+    pub endpoint_ejected: IntGaugeVec,
     /// Per-endpoint gauges, refreshed from live cluster state at each scrape.
     pub endpoint_healthy: IntGaugeVec,
     pub endpoint_in_flight: IntGaugeVec,
@@ -103,6 +107,24 @@ impl Metrics {
             &["route", "cluster"],
         )
         .expect("static metric definition");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
+        };
+        let upstream_retries_total = counter(
+            "octopus_upstream_retries_total",
+            "Retries sent (tries after the first), by the cluster of the failed try.",
+            &["cluster"],
+        );
+        let retry_budget_exhausted_total = counter(
+            "octopus_retry_budget_exhausted_total",
+            "Failures returned without a retry because the route's retry budget was spent.",
+            &["cluster"],
+        );
+        let circuit_overflow_total = counter(
+            "octopus_circuit_overflow_total",
+            "Requests answered 503 at once because a cluster limit was reached.",
+            &["cluster", "limit"],
+        );
         let endpoint_gauge = |name: &str, help: &str| {
             IntGaugeVec::new(Opts::new(name, help), &["cluster", "endpoint"])
                 .expect("static metric definition")
@@ -114,6 +136,10 @@ impl Metrics {
         let endpoint_in_flight = endpoint_gauge(
             "octopus_endpoint_in_flight",
             "Requests in flight to the endpoint, response bodies included.",
+        );
+        let endpoint_ejected = endpoint_gauge(
+            "octopus_endpoint_ejected",
+            "1 while outlier detection has the endpoint ejected (breaker open), else 0.",
         );
         let endpoint_weight = endpoint_gauge(
             "octopus_endpoint_weight",
@@ -142,6 +168,10 @@ impl Metrics {
             Box::new(build_info),
             Box::new(dns_failures_total.clone()),
             Box::new(mirror_requests_total.clone()),
+            Box::new(upstream_retries_total.clone()),
+            Box::new(retry_budget_exhausted_total.clone()),
+            Box::new(circuit_overflow_total.clone()),
+            Box::new(endpoint_ejected.clone()),
             Box::new(endpoint_healthy.clone()),
             Box::new(endpoint_in_flight.clone()),
             Box::new(endpoint_weight.clone()),
@@ -167,6 +197,11 @@ impl Metrics {
             connections_active,
             dns_failures_total,
             mirror_requests_total,
+            upstream_retries_total,
+            retry_budget_exhausted_total,
+            circuit_overflow_total,
+            endpoint_ejected,
+
             endpoint_healthy,
             endpoint_in_flight,
             endpoint_weight,

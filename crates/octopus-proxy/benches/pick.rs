@@ -17,6 +17,7 @@ fn set(n: usize) -> MemberSet {
                 SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 8080)),
                 Protocol::Http1,
                 Duration::from_secs(1),
+                None,
             ),
             weight: 1 + (i % 4) as u32,
         })

@@ -57,6 +57,7 @@ fn refresh_endpoint_gauges(shared: &Shared) {
     m.endpoint_healthy.reset();
     m.endpoint_in_flight.reset();
     m.endpoint_weight.reset();
+    m.endpoint_ejected.reset();
     let inbound = snap.inbound.as_ref().map(|i| &i.cluster);
     for cluster in snap.clusters.values().chain(inbound) {
         for member in cluster.members() {
@@ -71,6 +72,9 @@ fn refresh_endpoint_gauges(shared: &Shared) {
             m.endpoint_weight
                 .with_label_values(&labels)
                 .set(i64::from(member.weight));
+            m.endpoint_ejected
+                .with_label_values(&labels)
+                .set(i64::from(member.endpoint.is_ejected()));
         }
     }
 }

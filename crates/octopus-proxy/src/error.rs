@@ -28,6 +28,12 @@ pub enum ProxyError {
         #[source]
         source: BoxError,
     },
+    /// A cluster limit (circuit breaker) is reached: shed at once, never queued.
+    #[error("circuit open: {limit}")]
+    Overflow {
+        cluster: Arc<str>,
+        limit: &'static str,
+    },
     #[error("bad upstream response: {reason}")]
     BadResponse {
         cluster: Arc<str>,
@@ -48,7 +54,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyEndpoint { .. } | ProxyError::Overflow { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::ConnectFailed { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::BadResponse { .. } => StatusCode::BAD_GATEWAY,
@@ -62,6 +70,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "no_route",
             ProxyError::NoHealthyEndpoint { .. } => "no_healthy_endpoint",
+            ProxyError::Overflow { .. } => "circuit_open",
             ProxyError::ConnectFailed { .. } => "connect_failed",
             ProxyError::UpstreamReset { .. } => "upstream_reset",
             ProxyError::BadResponse { .. } => "bad_response",
@@ -75,7 +84,8 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoint { cluster }
             | ProxyError::ConnectFailed { cluster, .. }
             | ProxyError::UpstreamReset { cluster, .. }
-            | ProxyError::BadResponse { cluster, .. } => Some(cluster),
+            | ProxyError::BadResponse { cluster, .. }
+            | ProxyError::Overflow { cluster, .. } => Some(cluster),
             ProxyError::Timeout { cluster } => cluster.as_ref(),
             _ => None,
         }

@@ -10,6 +10,7 @@
 mod admin;
 pub mod balance;
 pub mod body;
+pub mod breaker;
 pub mod cluster;
 pub mod endpoint;
 pub mod error;
@@ -17,7 +18,9 @@ pub mod handler;
 pub mod headers;
 mod listener;
 pub mod mirror;
+pub mod outlier;
 mod proxy;
+pub mod retry;
 pub mod router;
 pub mod snapshot;
 pub mod split;

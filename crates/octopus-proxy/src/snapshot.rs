@@ -9,6 +9,7 @@
 pub use crate::cluster::{BuildContext, Cluster};
 use crate::endpoint::Endpoint;
 use crate::mirror::MirrorLayer;
+use crate::retry::RetryLayer;
 use crate::router::{Matcher, Router};
 use crate::split::Split;
 use crate::timeout::TimeoutLayer;
@@ -127,6 +128,17 @@ impl Snapshot {
                             .collect::<Result<Vec<_>, CompileError>>()?;
                         BoxService::new(Split::new(targets, r.hash_on.clone()))
                     };
+                    // Retry above the split and balancer: a retry may pick another
+                    // cluster side and another endpoint.
+                    if let Some(retry) = &r.retry {
+                        let layer = RetryLayer::new(
+                            retry.clone(),
+                            metrics.upstream_retries_total.clone(),
+                            metrics.retry_budget_exhausted_total.clone(),
+                        );
+                        service = BoxService::new(layer.layer(service));
+                    }
+                    // The route timeout bounds all tries together.
                     if let Some(t) = r.timeout {
                         service = BoxService::new(TimeoutLayer::new(t.get()).layer(service));
                     }
@@ -187,6 +199,7 @@ impl Snapshot {
                         forward_to,
                         inb.app_protocol,
                         INBOUND_CONNECT_TIMEOUT,
+                        None,
                     );
                     let spec = ClusterConfig {
                         lb: Default::default(),

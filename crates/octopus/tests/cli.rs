@@ -98,8 +98,8 @@ fn validate_reports_each_kind_of_error_with_line_and_path() {
         ),
         (
             "not-supported-yet",
-            route("    - name: a\n      cluster: c\n      retry: { attempts: 3 }\n"),
-            vec!["line 6: outbound.routes[0].retry: retries is not supported yet"],
+            "clusters:\n  c:\n    endpoints: [127.0.0.1:8080]\n    tls: { cert: a, key: b, ca: c, server_identity: d }\n".to_string(),
+            vec!["line 4: clusters.c.tls: TLS origination is not supported yet"],
         ),
         (
             "syntax",

@@ -37,7 +37,7 @@ pub struct Member {
 impl Member {
     /// Weight 0 drains an endpoint: no new requests, in-flight ones finish.
     fn can_take_traffic(&self) -> bool {
-        self.weight > 0 && self.endpoint.is_healthy()
+        self.weight > 0 && self.endpoint.is_healthy() && !self.endpoint.is_ejected()
     }
 }
 
@@ -138,20 +138,41 @@ impl Picker {
     }
 }
 
+/// Endpoints already tried for one request, set by the retry layer: a retry goes to an
+/// endpoint not tried yet whenever one is available.
+#[derive(Debug, Clone, Default)]
+pub struct Attempted(Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>);
+
+impl Attempted {
+    fn tried(&self) -> Vec<std::net::SocketAddr> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn push(&self, addr: std::net::SocketAddr) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(addr);
+    }
+}
+
 /// The cluster's balancing service: picks an endpoint and forwards to it.
 #[derive(Clone)]
 pub struct Balancer {
     cluster: Arc<str>,
     members: Arc<Membership>,
     picker: Arc<Picker>,
+    outlier: Option<Arc<crate::outlier::Outlier>>,
 }
 
 impl Balancer {
-    pub fn new(cluster: Arc<str>, members: Arc<Membership>, policy: LbPolicy) -> Self {
+    pub fn new(
+        cluster: Arc<str>,
+        members: Arc<Membership>,
+        policy: LbPolicy,
+        outlier: Option<Arc<crate::outlier::Outlier>>,
+    ) -> Self {
         Balancer {
             cluster,
             members,
             picker: Arc::new(Picker::new(policy)),
+            outlier,
         }
     }
 }
@@ -167,8 +188,36 @@ impl Service<Request<Body>> for Balancer {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let set = self.members.load();
-        match self.picker.pick(&set) {
-            Some(m) => EndpointService(m.endpoint.clone()).call(req),
+        let attempted = req.extensions().get::<Attempted>().cloned();
+        let picked = match &attempted {
+            Some(a) => {
+                let tried = a.tried();
+                let fresh: Vec<Member> = set
+                    .available()
+                    .iter()
+                    .filter(|m| !tried.contains(&m.endpoint.addr()))
+                    .cloned()
+                    .collect();
+                // A retry takes the least-loaded endpoint not tried yet; if every one
+                // was tried, any available endpoint will do.
+                match LeastConnections.pick(&fresh) {
+                    Some(m) => Some(m.clone()),
+                    None => self.picker.pick(&set).cloned(),
+                }
+            }
+            None => self.picker.pick(&set).cloned(),
+        };
+        match picked {
+            Some(m) => {
+                if let Some(a) = &attempted {
+                    a.push(m.endpoint.addr());
+                }
+                EndpointService {
+                    endpoint: m.endpoint,
+                    outlier: self.outlier.clone(),
+                }
+                .call(req)
+            }
             None => {
                 let cluster = self.cluster.clone();
                 Box::pin(async move { Err(ProxyError::NoHealthyEndpoint { cluster }) })
@@ -194,6 +243,7 @@ pub(crate) mod testing {
                     std::net::SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
                     Protocol::Http1,
                     Duration::from_secs(1),
+                    None,
                 ),
                 weight,
             })

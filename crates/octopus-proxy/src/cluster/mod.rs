@@ -9,7 +9,9 @@ mod health;
 pub use dns::{Resolve, SystemResolver};
 
 use crate::balance::{Balancer, Member, Membership};
+use crate::breaker::{LimitLayer, Limits};
 use crate::endpoint::{Endpoint, EndpointStats};
+use crate::outlier::Outlier;
 use crate::BoxService;
 use octopus_config::{ClusterConfig, HostPort};
 use octopus_metrics::Metrics;
@@ -17,6 +19,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::task::AbortHandle;
+use tower::Layer;
 
 #[derive(Debug, serde::Serialize)]
 pub struct MemberView {
@@ -40,6 +43,7 @@ pub struct Cluster {
     pub spec: ClusterConfig,
     members: Arc<Membership>,
     service: BoxService,
+    limits: Option<Arc<Limits>>,
     tasks: Vec<AbortHandle>,
     /// Last good DNS answers, kept so a rebuilt cluster starts from them if DNS is
     /// down at reload time.
@@ -61,14 +65,27 @@ pub(crate) struct EndpointPool {
     cluster: Arc<str>,
     spec: ClusterConfig,
     known: HashMap<SocketAddr, Arc<Endpoint>>,
+    /// The cluster's connection/request limits, shared by all its endpoints.
+    limits: Option<Arc<Limits>>,
 }
 
 impl EndpointPool {
     fn new(cluster: Arc<str>, spec: &ClusterConfig, previous: Option<&Cluster>) -> Self {
-        let known = previous
-            .filter(|p| {
-                p.spec.protocol == spec.protocol && p.spec.connect_timeout == spec.connect_timeout
-            })
+        // Endpoints carry the connection settings and the limits counter they were
+        // built with: reuse them only when those are unchanged.
+        let compatible = previous.filter(|p| {
+            p.spec.protocol == spec.protocol
+                && p.spec.connect_timeout == spec.connect_timeout
+                && p.spec.circuit_breaker == spec.circuit_breaker
+        });
+        let limits = match compatible {
+            Some(p) => p.limits.clone(),
+            None => spec
+                .circuit_breaker
+                .clone()
+                .map(|cb| Limits::new(cb, spec.protocol == octopus_config::Protocol::Http2)),
+        };
+        let known = compatible
             .map(|p| {
                 p.members
                     .load()
@@ -82,11 +99,12 @@ impl EndpointPool {
             cluster,
             spec: spec.clone(),
             known,
+            limits,
         }
     }
 
     fn get(&mut self, addr: SocketAddr) -> Arc<Endpoint> {
-        let (cluster, spec) = (&self.cluster, &self.spec);
+        let (cluster, spec, limits) = (&self.cluster, &self.spec, &self.limits);
         self.known
             .entry(addr)
             .or_insert_with(|| {
@@ -95,6 +113,7 @@ impl EndpointPool {
                     addr,
                     spec.protocol,
                     spec.connect_timeout.get(),
+                    limits.clone(),
                 )
             })
             .clone()
@@ -151,7 +170,14 @@ impl Cluster {
             // Health from a previous config's checks no longer applies.
             members.iter().for_each(|m| m.endpoint.reset_health());
         }
+        if spec.outlier_detection.is_none() {
+            members.iter().for_each(|m| m.endpoint.outlier.reset());
+        }
         let membership = Membership::new(members);
+        for m in membership.load().all() {
+            m.endpoint.set_owner(&membership);
+        }
+        let limits = pool.limits.clone();
         let mut tasks = Vec::new();
         if !names.is_empty() {
             let refresh = dns::Refresher {
@@ -175,12 +201,29 @@ impl Cluster {
             };
             tasks.push(tokio::spawn(checker.run()).abort_handle());
         }
-        let service = BoxService::new(Balancer::new(name.clone(), membership.clone(), spec.lb));
+        let outlier = spec
+            .outlier_detection
+            .clone()
+            .map(|od| Outlier::new(name.clone(), od, &membership));
+        let balancer = Balancer::new(name.clone(), membership.clone(), spec.lb, outlier);
+        // Limits above the balancer: an overflowing request is shed before any pick.
+        let service = match &limits {
+            Some(l) => BoxService::new(
+                LimitLayer::new(
+                    name.clone(),
+                    l.clone(),
+                    ctx.metrics.circuit_overflow_total.clone(),
+                )
+                .layer(balancer),
+            ),
+            None => BoxService::new(balancer),
+        };
         Arc::new(Cluster {
             name,
             spec: spec.clone(),
             members: membership,
             service,
+            limits,
             tasks,
             resolved: shared_resolved,
         })
@@ -193,12 +236,18 @@ impl Cluster {
             endpoint,
             weight: 1,
         }]);
-        let service = BoxService::new(Balancer::new(name.clone(), membership.clone(), spec.lb));
+        let service = BoxService::new(Balancer::new(
+            name.clone(),
+            membership.clone(),
+            spec.lb,
+            None,
+        ));
         Arc::new(Cluster {
             name,
             spec,
             members: membership,
             service,
+            limits: None,
             tasks: Vec::new(),
             resolved: Arc::default(),
         })

@@ -6,8 +6,11 @@ mod connector;
 
 pub use connector::{ConnectError, Connector};
 
+use crate::balance::Membership;
 use crate::body::{self, Body, BoxError};
+use crate::breaker::Limits;
 use crate::error::{ProxyError, ServedBy};
+use crate::outlier::{Outlier, OutlierState};
 use http::{header, Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -37,6 +40,11 @@ pub struct Endpoint {
     healthy: AtomicBool,
     /// Consecutive health-check results (successes, failures) toward a transition.
     check_streak: Mutex<(u32, u32)>,
+    /// Passive health: the per-endpoint breaker of outlier detection.
+    pub(crate) outlier: OutlierState,
+    /// The membership of the newest cluster using this endpoint, told when the
+    /// endpoint's availability changes (health check, ejection).
+    owner: Mutex<std::sync::Weak<Membership>>,
 }
 
 /// Live figures of one endpoint, for `/clusters`.
@@ -44,6 +52,8 @@ pub struct Endpoint {
 pub struct EndpointStats {
     pub address: String,
     pub healthy: bool,
+    /// Outlier detection: `closed`, `open` (ejected) or `half_open`.
+    pub outlier: &'static str,
     pub in_flight: usize,
     pub requests_total: u64,
     pub failures_total: u64,
@@ -55,6 +65,7 @@ impl Endpoint {
         addr: SocketAddr,
         protocol: Protocol,
         connect_timeout: Duration,
+        limits: Option<Arc<Limits>>,
     ) -> Arc<Self> {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
@@ -64,7 +75,7 @@ impl Endpoint {
         if protocol == Protocol::Http2 {
             builder.http2_only(true);
         }
-        let client = builder.build(Connector::new(addr, connect_timeout));
+        let client = builder.build(Connector::new(addr, connect_timeout, limits));
         let authority = addr
             .to_string()
             .parse()
@@ -80,6 +91,8 @@ impl Endpoint {
             failures: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             check_streak: Mutex::new((0, 0)),
+            outlier: OutlierState::default(),
+            owner: Mutex::new(std::sync::Weak::new()),
         })
     }
 
@@ -102,6 +115,27 @@ impl Endpoint {
     pub(crate) fn test_hold(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Records which cluster's membership to refresh on availability changes.
+    pub(crate) fn set_owner(&self, m: &Arc<Membership>) {
+        *self.owner.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(m);
+    }
+
+    /// Republishes the owning cluster's available set after a change of this endpoint.
+    pub(crate) fn availability_changed(&self) {
+        let owner = self
+            .owner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .upgrade();
+        if let Some(m) = owner {
+            m.refresh();
+        }
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.outlier.is_open()
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -174,6 +208,7 @@ impl Endpoint {
         EndpointStats {
             address: self.addr.to_string(),
             healthy: self.is_healthy(),
+            outlier: self.outlier.name(),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             requests_total: self.requests.load(Ordering::Relaxed),
             failures_total: self.failures.load(Ordering::Relaxed),
@@ -220,38 +255,13 @@ impl Drop for InFlight {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body that holds its endpoint's in-flight slot until it is dropped
-    /// (hyper drops it once the last byte has been sent to the client, or when the
-    /// client goes away).
-    struct Tracked<B> {
-        #[pin]
-        inner: B,
-        _guard: InFlight,
-    }
-}
-
-impl<B: http_body::Body> http_body::Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        self.project().inner.poll_frame(cx)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The innermost service of the outbound stack: sends a request to one endpoint.
+/// The innermost service of the outbound stack: sends a request to one endpoint and
+/// reports the outcome to the cluster's outlier detector, if it has one.
 #[derive(Clone)]
-pub struct EndpointService(pub Arc<Endpoint>);
+pub struct EndpointService {
+    pub endpoint: Arc<Endpoint>,
+    pub outlier: Option<Arc<Outlier>>,
+}
 
 impl tower::Service<Request<Body>> for EndpointService {
     type Response = Response<Body>;
@@ -263,30 +273,39 @@ impl tower::Service<Request<Body>> for EndpointService {
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let ep = self.0.clone();
+        let ep = self.endpoint.clone();
+        let outlier = self.outlier.clone();
         Box::pin(async move {
             ep.prepare(&mut req)?;
             ep.requests.fetch_add(1, Ordering::Relaxed);
             ep.in_flight.fetch_add(1, Ordering::Relaxed);
             let guard = InFlight(ep.clone());
-            match ep.client.request(req).await {
+            let result = ep.client.request(req).await;
+            let failed = match &result {
+                Ok(resp) => resp.status().is_server_error(),
+                Err(e) => !is_overflow(e),
+            };
+            if failed {
+                ep.failures.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(o) = &outlier {
+                o.record(&ep, !failed);
+            }
+            match result {
                 Ok(resp) => {
                     // The request stays in flight until its response body is done.
-                    let mut resp = resp.map(|b| {
-                        body::boxed(Tracked {
-                            inner: b,
-                            _guard: guard,
-                        })
-                    });
-                    if resp.status().is_server_error() {
-                        ep.failures.fetch_add(1, Ordering::Relaxed);
-                    }
+                    let mut resp = resp.map(|b| Body::new(body::Guarded::new(b, guard)));
                     resp.extensions_mut().insert(ServedBy(ep.cluster.clone()));
                     Ok(resp)
                 }
                 Err(e) => {
-                    ep.failures.fetch_add(1, Ordering::Relaxed);
                     let (cluster, endpoint) = (ep.cluster.clone(), ep.addr);
+                    if is_overflow(&e) {
+                        return Err(ProxyError::Overflow {
+                            cluster,
+                            limit: "max_connections",
+                        });
+                    }
                     let connect = e.is_connect();
                     let source: BoxError = Box::new(e);
                     tracing::debug!(%cluster, %endpoint, error = %error_chain(&*source), "upstream request failed");
@@ -307,6 +326,21 @@ impl tower::Service<Request<Body>> for EndpointService {
             }
         })
     }
+}
+
+/// Whether the client failed because the cluster's connection limit was reached.
+fn is_overflow(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if matches!(
+            err.downcast_ref::<ConnectError>(),
+            Some(ConnectError::Overflow)
+        ) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// `outer: inner: innermost`, for logs: client errors hide the useful part in sources.
