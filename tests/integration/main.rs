@@ -6,5 +6,6 @@ mod balancing;
 mod errors;
 mod protocols;
 mod reload;
+mod resilience;
 mod rollout;
 mod routing;

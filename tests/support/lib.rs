@@ -14,7 +14,7 @@ use octopus_proxy::Proxy;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use octopus_testkit::{closing_server, dead_address, Protocols, Upstream};
+pub use octopus_testkit::{closing_server, dead_address, resetting_server, Protocols, Upstream};
 
 /// Parses and validates control-file text like a real file. Unless the text sets
 /// `admin:`, the admin listener goes on an ephemeral port so tests can run in parallel.

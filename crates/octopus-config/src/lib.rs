@@ -152,7 +152,10 @@ clusters:
         let e = errors("clusters:\n  c:\n    endpoints: [127.0.0.1:2]\n    tls: { cert: a, key: b, ca: c, server_identity: d }\n");
         assert_eq!(e, ["line 4: clusters.c.tls: TLS origination is not supported yet by this octopus version"]);
         let e = errors("clusters:\n  c:\n    endpoints: [127.0.0.1:2]\n    circuit_breaker: { max_requests: 0 }\n");
-        assert_eq!(e, ["line 4: clusters.c.circuit_breaker.max_requests: must be at least 1"]);
+        assert_eq!(
+            e,
+            ["line 4: clusters.c.circuit_breaker.max_requests: must be at least 1"]
+        );
         let e = errors("outbound:\n  listen: 127.0.0.1:1\n  routes:\n    - name: r\n      cluster: c\n      retry: { attempts: 3, retry_on: [teapot] }\nclusters:\n  c:\n    endpoints: [127.0.0.1:2]\n");
         assert!(e[0].contains("invalid retry_on `teapot`"), "{e:?}");
         let e = errors("clusters:\n  c:\n    endpoints: [127.0.0.1:2]\n    health_check: { path: healthz, interval: 0s }\n");

@@ -2,8 +2,9 @@
 //! request passes through.
 //!
 //! Outbound path, outer to inner (see `docs/architecture.md`):
-//! listener -> router (one `ArcSwap` load) -> route timeout -> split -> balancer
-//! -> endpoint (pooled hyper client -> connector). Services are boxed
+//! listener -> router (one `ArcSwap` load) -> mirror -> route timeout -> retry ->
+//! split -> cluster limits -> balancer -> endpoint with outlier detection (pooled
+//! hyper client -> connector). Services are boxed
 //! ([`BoxService`]) at each module boundary so the stack stays cheap to compile.
 #![forbid(unsafe_code)]
 

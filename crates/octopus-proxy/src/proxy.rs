@@ -100,6 +100,9 @@ pub struct Proxy {
     listeners: Mutex<Listeners>,
     /// Serialises reloads: each compiles against the snapshot the previous one stored.
     reloading: tokio::sync::Mutex<()>,
+    /// Digest and errors of the last file rejected, so repeated events for the same
+    /// broken file are reported without being counted again.
+    last_rejected: Mutex<Option<(String, Vec<octopus_config::ConfigError>)>>,
 }
 
 async fn bind(kind: Kind, addr: &HostPort) -> Result<TcpListener, StartError> {
@@ -209,6 +212,7 @@ impl Proxy {
             shared,
             listeners: Mutex::new(listeners),
             reloading: tokio::sync::Mutex::new(()),
+            last_rejected: Mutex::new(None),
         };
         let show = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_string(), |a| a.to_string());
         tracing::info!(
@@ -253,24 +257,74 @@ impl Proxy {
     /// On any error nothing changes, the failure is counted and logged by the caller,
     /// and the old config keeps serving.
     pub async fn reload_file(&self, path: &Path) -> Result<u64, ReloadError> {
-        let (config, digest) = match octopus_config::load_file_with_digest(path) {
-            Ok(loaded) => loaded,
+        let origin = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
             Err(e) => {
                 self.count_reload(false);
-                return Err(e.into());
+                let err = octopus_config::ConfigError::new("", format!("cannot read file: {e}"));
+                return Err(ConfigErrors {
+                    origin,
+                    errors: vec![err],
+                }
+                .into());
             }
         };
+        // Compare bytes before parsing: a touch, or another event for the same bad
+        // file, is neither a new generation nor another counted failure.
+        let digest = octopus_config::digest(text.as_bytes());
         let current = self.shared.snapshot.load();
         if current.digest.as_deref() == Some(digest.as_str()) {
-            tracing::debug!(file = %path.display(), "config file unchanged; nothing to reload");
+            tracing::debug!(file = %origin, "config file unchanged; nothing to reload");
             return Ok(current.generation);
         }
         drop(current);
+        let config = match self.check_new_file(&text, &origin, &digest) {
+            Ok(c) => c,
+            Err(e) => {
+                if e.1 {
+                    self.count_reload(false);
+                }
+                return Err(ReloadError::Invalid(e.0));
+            }
+        };
         let result = self
             .apply(config, Some(path.display().to_string()), Some(digest))
             .await;
         self.count_reload(result.is_ok());
         result
+    }
+
+    /// Parses and validates new file text. The error says whether it is news (to be
+    /// counted) or the same rejected file again.
+    fn check_new_file(
+        &self,
+        text: &str,
+        origin: &str,
+        digest: &str,
+    ) -> Result<Config, (ConfigErrors, bool)> {
+        let mut last_rejected = self.last_rejected.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((d, errors)) = last_rejected.as_ref() {
+            if d == digest {
+                return Err((
+                    ConfigErrors {
+                        origin: origin.to_string(),
+                        errors: errors.clone(),
+                    },
+                    false,
+                ));
+            }
+        }
+        match octopus_config::load_str(text, origin) {
+            Ok(c) => {
+                *last_rejected = None;
+                Ok(c)
+            }
+            Err(e) => {
+                *last_rejected = Some((digest.to_string(), e.errors.clone()));
+                Err((e, true))
+            }
+        }
     }
 
     /// Applies an already validated config (see [`Proxy::reload_file`]).
@@ -358,7 +412,7 @@ impl Proxy {
             }
         }
         listeners.retired.retain(|t| !t.is_finished());
-        tracing::info!(generation, "config reloaded");
+        tracing::debug!(generation, "config swapped in");
         Ok(generation)
     }
 

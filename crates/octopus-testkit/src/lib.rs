@@ -50,6 +50,8 @@ struct Knobs {
     delay_ms: AtomicU64,
     /// 0 means 200.
     health: AtomicU16,
+    /// When non-zero, every answer but health checks has this status.
+    status: AtomicU16,
 }
 
 pub struct Upstream {
@@ -141,6 +143,12 @@ impl Upstream {
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Every later answer (health checks excepted) has this status; 0 restores normal
+    /// behaviour.
+    pub fn set_status(&self, status: u16) {
+        self.knobs.status.store(status, Ordering::SeqCst);
+    }
+
     /// The status `/healthz` answers from now on.
     pub fn set_health(&self, status: u16) {
         self.knobs.health.store(status, Ordering::SeqCst);
@@ -180,6 +188,30 @@ pub async fn closing_server() -> (SocketAddr, JoinHandle<()>) {
             let mut buf = [0u8; 1024];
             let _ = s.read(&mut buf).await;
             drop(s);
+        }
+    });
+    (addr, task)
+}
+
+/// A server that reads each request, starts a response head, then resets the
+/// connection (RST): a crash mid-response, before anything usable was sent.
+pub async fn resetting_server() -> (SocketAddr, JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind ephemeral port");
+    let addr = l.local_addr().expect("bound listener has an address");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if s.read(&mut buf).await.unwrap_or(0) > 0 {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Le").await;
+                }
+                // Linger 0 makes the close a reset, which is the point of this server.
+                #[allow(deprecated)]
+                let _ = s.set_linger(Some(Duration::ZERO));
+                drop(s);
+            });
         }
     });
     (addr, task)
@@ -225,6 +257,11 @@ async fn respond(
     } else {
         Response::new(full(describe(&name, &req)))
     };
+    let forced = knobs.status.load(Ordering::SeqCst);
+    if forced != 0 && path != "/healthz" {
+        *resp.status_mut() =
+            StatusCode::from_u16(forced).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    }
     if let Ok(v) = HeaderValue::from_str(&name) {
         resp.headers_mut().insert("x-upstream", v);
     }

@@ -190,7 +190,7 @@ impl Service<Request<Body>> for Balancer {
         let set = self.members.load();
         let attempted = req.extensions().get::<Attempted>().cloned();
         let picked = match &attempted {
-            Some(a) => {
+            Some(a) if !a.tried().is_empty() => {
                 let tried = a.tried();
                 let fresh: Vec<Member> = set
                     .available()
@@ -205,7 +205,7 @@ impl Service<Request<Body>> for Balancer {
                     None => self.picker.pick(&set).cloned(),
                 }
             }
-            None => self.picker.pick(&set).cloned(),
+            _ => self.picker.pick(&set).cloned(),
         };
         match picked {
             Some(m) => {
