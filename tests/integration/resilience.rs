@@ -328,3 +328,55 @@ async fn per_try_timeout_moves_past_a_hanging_endpoint() {
         );
     }
 }
+
+#[tokio::test]
+async fn slow_and_idle_clients_cannot_hold_a_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("up").await;
+    let yaml = route("", "", &[up.addr()]).replace(
+        "  listen: 127.0.0.1:0\n",
+        "  listen: 127.0.0.1:0\n  header_read_timeout: 300ms\n",
+    );
+    let proxy = start(&yaml).await;
+    let out = proxy.outbound_addr().unwrap();
+
+    // Slowloris: a request head that never ends.
+    let mut slow = tokio::net::TcpStream::connect(out).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: svc\r\nX-Slow: 1")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue, // e.g. a 408 before the close
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the slow client was not disconnected");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    // Idle keep-alive: one request, then silence.
+    let mut idle = tokio::net::TcpStream::connect(out).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle connection was not closed");
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+        "the request itself was served"
+    );
+}

@@ -41,6 +41,10 @@ impl Default for AdminConfig {
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
     pub listen: HostPort,
+    /// A client gets this long to send a request head; an idle HTTP/1.1 keep-alive
+    /// connection is closed after it too.
+    #[serde(default = "defaults::header_read_timeout")]
+    pub header_read_timeout: Duration,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
 }
@@ -137,6 +141,8 @@ pub struct BudgetConfig {
 #[serde(deny_unknown_fields)]
 pub struct InboundConfig {
     pub listen: HostPort,
+    #[serde(default = "defaults::header_read_timeout")]
+    pub header_read_timeout: Duration,
     pub forward_to: HostPort,
     #[serde(default)]
     pub app_protocol: Protocol,
@@ -296,6 +302,9 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
+    }
+    pub fn header_read_timeout() -> Duration {
+        Duration::from_millis(30_000)
     }
     pub fn dns_refresh_interval() -> Duration {
         Duration::from_millis(5_000)

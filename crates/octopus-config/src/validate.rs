@@ -60,6 +60,20 @@ impl Checker {
             }
         };
         listen("admin.listen", &c.admin.listen, self);
+        for (path, t) in [
+            (
+                "outbound.header_read_timeout",
+                c.outbound.as_ref().map(|o| o.header_read_timeout),
+            ),
+            (
+                "inbound.header_read_timeout",
+                c.inbound.as_ref().map(|i| i.header_read_timeout),
+            ),
+        ] {
+            if t.is_some_and(|t| t.get() < std::time::Duration::from_millis(10)) {
+                self.err(path, "must be at least 10ms");
+            }
+        }
         if let Some(o) = &c.outbound {
             listen("outbound.listen", &o.listen, self);
         }

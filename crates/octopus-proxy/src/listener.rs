@@ -19,17 +19,38 @@ use tokio::sync::watch;
 
 /// A slow client gets this long to send a request head (slowloris protection).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after an accept error (e.g. EMFILE) instead of spinning on it.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
-fn connection_builder() -> auto::Builder<TokioExecutor> {
+fn connection_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(header_read_timeout);
+    // Pings find HTTP/2 peers that vanished without closing their connection.
     builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
+    builder
+}
+
+/// The settings of a listener that may change with a reload, read per connection.
+pub(crate) trait Settings: Send + Sync + 'static {
+    fn header_read_timeout(&self) -> Duration;
+}
+
+/// Fixed settings (the admin listener).
+pub(crate) struct Fixed;
+
+impl Settings for Fixed {
+    fn header_read_timeout(&self) -> Duration {
+        HEADER_READ_TIMEOUT
+    }
 }
 
 /// Serves `listener` until `stop` fires, then drains its connections.
@@ -38,12 +59,14 @@ pub(crate) async fn serve<H, Fut>(
     name: &'static str,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
+    settings: impl Settings,
     handler: H,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let builder = connection_builder();
+    let mut current = settings.header_read_timeout();
+    let mut builder = connection_builder(current);
     let graceful = GracefulShutdown::new();
     let accepted = metrics.connections_total.with_label_values(&[name]);
     let active = metrics.connections_active.with_label_values(&[name]);
@@ -60,6 +83,12 @@ pub(crate) async fn serve<H, Fut>(
             },
         };
         let _ = stream.set_nodelay(true);
+        // Settings follow config reloads: rebuild the builder when they changed.
+        let wanted = settings.header_read_timeout();
+        if wanted != current {
+            current = wanted;
+            builder = connection_builder(current);
+        }
         accepted.inc();
         active.inc();
         let h = handler.clone();

@@ -133,6 +133,7 @@ fn spawn(kind: Kind, l: TcpListener, configured: HostPort, shared: &Arc<Shared>)
             kind.name(),
             metrics,
             stop_rx,
+            listener::Fixed,
             move |req, _peer| {
                 let sh = sh.clone();
                 async move { admin::handle(&sh, &req) }
@@ -144,11 +145,16 @@ fn spawn(kind: Kind, l: TcpListener, configured: HostPort, shared: &Arc<Shared>)
             } else {
                 Direction::Inbound
             };
+            let settings = FromSnapshot {
+                shared: shared.clone(),
+                kind,
+            };
             tokio::spawn(listener::serve(
                 l,
                 kind.name(),
                 metrics,
                 stop_rx,
+                settings,
                 move |req, peer| {
                     let sh = sh.clone();
                     async move { handler::handle(&sh, dir, peer, req).await }
@@ -161,6 +167,25 @@ fn spawn(kind: Kind, l: TcpListener, configured: HostPort, shared: &Arc<Shared>)
         local,
         stop,
         task,
+    }
+}
+
+/// A traffic listener's settings, read from the config serving now.
+struct FromSnapshot {
+    shared: Arc<Shared>,
+    kind: Kind,
+}
+
+impl listener::Settings for FromSnapshot {
+    fn header_read_timeout(&self) -> Duration {
+        let snap = self.shared.snapshot.load();
+        let c = &snap.config;
+        let t = match self.kind {
+            Kind::Outbound => c.outbound.as_ref().map(|o| o.header_read_timeout),
+            Kind::Inbound => c.inbound.as_ref().map(|i| i.header_read_timeout),
+            Kind::Admin => None,
+        };
+        t.map_or(Duration::from_secs(30), |t| t.get())
     }
 }
 
