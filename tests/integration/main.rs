@@ -4,6 +4,7 @@
 mod admin;
 mod balancing;
 mod errors;
+mod mtls;
 mod protocols;
 mod reload;
 mod resilience;

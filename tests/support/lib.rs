@@ -312,3 +312,182 @@ impl Load {
         all
     }
 }
+
+/// Test certificates made with rcgen, written to a temp directory as PEM files.
+pub mod pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    use std::path::{Path, PathBuf};
+
+    pub struct Ca {
+        pub name: String,
+        params: CertificateParams,
+        key: KeyPair,
+        pub pem: String,
+    }
+
+    /// A certificate and key in PEM, with where they were written.
+    pub struct Leaf {
+        pub cert_pem: String,
+        pub key_pem: String,
+        pub cert: PathBuf,
+        pub key: PathBuf,
+    }
+
+    pub fn dir(tag: &str) -> PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let d =
+            std::env::temp_dir().join(format!("octopus-pki-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    impl Ca {
+        pub fn new(name: &str) -> Ca {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            let pem = params.self_signed(&key).unwrap().pem();
+            Ca {
+                name: name.into(),
+                params,
+                key,
+                pem,
+            }
+        }
+
+        /// Writes the CA certificate to `dir/<file>`.
+        pub fn write(&self, dir: &Path, file: &str) -> PathBuf {
+            let p = dir.join(file);
+            std::fs::write(&p, &self.pem).unwrap();
+            p
+        }
+
+        /// Issues a certificate for `identities` (`spiffe://...` become URI SANs, the
+        /// rest DNS SANs), valid now unless `expired`.
+        pub fn issue(&self, dir: &Path, file: &str, identities: &[&str], expired: bool) -> Leaf {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(
+                DnType::CommonName,
+                identities.first().copied().unwrap_or("leaf"),
+            );
+            for id in identities {
+                let san = if id.contains("://") {
+                    SanType::URI(id.to_string().try_into().unwrap())
+                } else {
+                    SanType::DnsName(id.to_string().try_into().unwrap())
+                };
+                params.subject_alt_names.push(san);
+            }
+            if expired {
+                params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+            }
+            let issuer = Issuer::from_params(&self.params, &self.key);
+            let cert_pem = params.signed_by(&key, &issuer).unwrap().pem();
+            let key_pem = key.serialize_pem();
+            let cert = dir.join(format!("{file}.crt"));
+            let keyp = dir.join(format!("{file}.key"));
+            std::fs::write(&cert, &cert_pem).unwrap();
+            std::fs::write(&keyp, &key_pem).unwrap();
+            Leaf {
+                cert_pem,
+                key_pem,
+                cert,
+                key: keyp,
+            }
+        }
+    }
+}
+
+/// An HTTPS client with an optional client certificate, trusting `ca_pem`, that dials
+/// `addr` and verifies the server as `server_name`.
+pub struct TlsClient {
+    config: Arc<rustls::ClientConfig>,
+    server_name: String,
+}
+
+impl TlsClient {
+    pub fn new(
+        ca_pem: &str,
+        client: Option<(&str, &str)>,
+        server_name: &str,
+        alpn: &[&[u8]],
+    ) -> TlsClient {
+        use rustls::pki_types::pem::PemObject;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut config = match client {
+            Some((cert, key)) => {
+                let chain: Vec<_> =
+                    rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+                        .map(|c| c.unwrap())
+                        .collect();
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+                builder.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsClient {
+            config: Arc::new(config),
+            server_name: server_name.into(),
+        }
+    }
+
+    /// Connects and completes the handshake (errors are the handshake's).
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from(self.server_name.clone()).unwrap();
+        let mut s = tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(name, tcp)
+            .await?;
+        // TLS 1.3 client certificates are checked after the client's Finished: a
+        // refusal arrives with the first read, so probe with a tiny exchange.
+        use tokio::io::AsyncWriteExt;
+        s.flush().await?;
+        Ok(s)
+    }
+}
+
+/// Sends one request over an established HTTP/1.1 or HTTP/2 (per ALPN) connection.
+pub async fn request_over<S>(
+    stream: S,
+    h2: bool,
+    req: http::Request<Full<Bytes>>,
+) -> Result<Reply, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(stream);
+    let resp = if h2 {
+        let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        s.send_request(req).await?
+    } else {
+        let (mut s, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn);
+        s.send_request(req).await?
+    };
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}

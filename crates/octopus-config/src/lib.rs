@@ -149,8 +149,14 @@ clusters:
 
     #[test]
     fn unimplemented_keys_are_refused() {
-        let e = errors("clusters:\n  c:\n    endpoints: [127.0.0.1:2]\n    tls: { cert: a, key: b, ca: c, server_identity: d }\n");
-        assert_eq!(e, ["line 4: clusters.c.tls: TLS origination is not supported yet by this octopus version"]);
+        let e = errors("inbound:\n  listen: 127.0.0.1:1\n  forward_to: app.local:80\n");
+        assert_eq!(e, ["line 3: inbound.forward_to: a DNS name here (use an IP address such as 127.0.0.1) is not supported yet by this octopus version"]);
+        let e = errors("clusters:\n  c:\n    endpoints: [127.0.0.1:2]\n    tls: { cert: /nonexistent/a, key: /nonexistent/b, ca: /nonexistent/c, server_identity: d }\n");
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[0].starts_with("line 4: clusters.c.tls.cert: cannot read `/nonexistent/a`"),
+            "{e:?}"
+        );
         let e = errors("clusters:\n  c:\n    endpoints: [127.0.0.1:2]\n    circuit_breaker: { max_requests: 0 }\n");
         assert_eq!(
             e,

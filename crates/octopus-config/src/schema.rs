@@ -159,6 +159,9 @@ pub struct InboundTlsConfig {
     pub client_ca: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_identities: Vec<String>,
+    /// Lowest TLS version accepted: "1.3" (default) or "1.2".
+    #[serde(default = "defaults::min_tls_version")]
+    pub min_version: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -302,6 +305,9 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
+    }
+    pub fn min_tls_version() -> String {
+        "1.3".into()
     }
     pub fn header_read_timeout() -> Duration {
         Duration::from_millis(30_000)

@@ -13,8 +13,26 @@ pub(crate) fn check(c: &Config) -> Vec<ConfigError> {
         v.routes(out, c);
     }
     if let Some(inb) = &c.inbound {
-        if inb.tls.is_some() {
-            v.unsupported("inbound.tls", "mTLS termination");
+        if let Some(tls) = &inb.tls {
+            for (key, path) in [
+                ("cert", &tls.cert),
+                ("key", &tls.key),
+                ("client_ca", &tls.client_ca),
+            ] {
+                v.readable(&format!("inbound.tls.{key}"), path);
+            }
+            if tls.min_version != "1.2" && tls.min_version != "1.3" {
+                v.err(
+                    "inbound.tls.min_version",
+                    format!("`{}`: expected \"1.2\" or \"1.3\"", tls.min_version),
+                );
+            }
+            if tls.allowed_identities.iter().any(|i| i.trim().is_empty()) {
+                v.err(
+                    "inbound.tls.allowed_identities",
+                    "identities must not be empty",
+                );
+            }
         }
     }
     for (name, cluster) in &c.clusters {
@@ -39,6 +57,14 @@ impl Checker {
             path,
             format!("{what} is not supported yet by this octopus version"),
         );
+    }
+
+    /// Certificate files must exist when the config is checked, so `octopus validate`
+    /// catches a wrong path before a deploy does.
+    fn readable(&mut self, path: &str, file: &str) {
+        if let Err(e) = std::fs::File::open(file) {
+            self.err(path, format!("cannot read `{file}`: {e}"));
+        }
     }
 
     fn listeners(&mut self, c: &Config) {
@@ -334,8 +360,16 @@ impl Checker {
                 self.err(format!("{op}.max_ejection_percent"), "must be 0-100");
             }
         }
-        if c.tls.is_some() {
-            self.unsupported(&format!("{p}.tls"), "TLS origination");
+        if let Some(tls) = &c.tls {
+            for (key, path) in [("cert", &tls.cert), ("key", &tls.key), ("ca", &tls.ca)] {
+                self.readable(&format!("{p}.tls.{key}"), path);
+            }
+            if tls.server_identity.trim().is_empty() {
+                self.err(
+                    format!("{p}.tls.server_identity"),
+                    "must name the identity the upstream proves (a SPIFFE URI or DNS name)",
+                );
+            }
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub retry_budget_exhausted_total: IntCounterVec,
     pub circuit_overflow_total: IntCounterVec,
     pub endpoint_ejected: IntGaugeVec,
+    pub tls_handshakes_total: IntCounterVec,
+    pub tls_cert_expiry: IntGaugeVec,
     /// Per-endpoint gauges, refreshed from live cluster state at each scrape.
     pub endpoint_healthy: IntGaugeVec,
     pub endpoint_in_flight: IntGaugeVec,
@@ -125,6 +127,19 @@ impl Metrics {
             "Requests answered 503 at once because a cluster limit was reached.",
             &["cluster", "limit"],
         );
+        let tls_handshakes_total = counter(
+            "octopus_tls_handshakes_total",
+            "TLS handshakes by direction (inbound|outbound) and result (ok, no_client_cert, unknown_ca, expired, bad_identity, protocol).",
+            &["direction", "result"],
+        );
+        let tls_cert_expiry = IntGaugeVec::new(
+            Opts::new(
+                "octopus_tls_cert_expiry_timestamp_seconds",
+                "When the first certificate of a loaded PEM file expires (unix time).",
+            ),
+            &["path"],
+        )
+        .expect("static metric definition");
         let endpoint_gauge = |name: &str, help: &str| {
             IntGaugeVec::new(Opts::new(name, help), &["cluster", "endpoint"])
                 .expect("static metric definition")
@@ -172,6 +187,8 @@ impl Metrics {
             Box::new(retry_budget_exhausted_total.clone()),
             Box::new(circuit_overflow_total.clone()),
             Box::new(endpoint_ejected.clone()),
+            Box::new(tls_handshakes_total.clone()),
+            Box::new(tls_cert_expiry.clone()),
             Box::new(endpoint_healthy.clone()),
             Box::new(endpoint_in_flight.clone()),
             Box::new(endpoint_weight.clone()),
@@ -201,6 +218,8 @@ impl Metrics {
             retry_budget_exhausted_total,
             circuit_overflow_total,
             endpoint_ejected,
+            tls_handshakes_total,
+            tls_cert_expiry,
 
             endpoint_healthy,
             endpoint_in_flight,

@@ -18,6 +18,7 @@ fn set(n: usize) -> MemberSet {
                 Protocol::Http1,
                 Duration::from_secs(1),
                 None,
+                None,
             ),
             weight: 1 + (i % 4) as u32,
         })

@@ -39,6 +39,15 @@ pub enum ProxyError {
         cluster: Arc<str>,
         reason: &'static str,
     },
+    /// The upstream's certificate is valid but proves another identity.
+    #[error("upstream identity mismatch")]
+    IdentityMismatch {
+        cluster: Arc<str>,
+        endpoint: SocketAddr,
+    },
+    /// The inbound client's verified identity is not in `allowed_identities`.
+    #[error("identity not allowed")]
+    IdentityNotAllowed,
     #[error("upstream timeout")]
     Timeout { cluster: Option<Arc<str>> },
     #[error("bad request: {0}")]
@@ -59,9 +68,11 @@ impl ProxyError {
             }
             ProxyError::ConnectFailed { .. }
             | ProxyError::UpstreamReset { .. }
-            | ProxyError::BadResponse { .. } => StatusCode::BAD_GATEWAY,
+            | ProxyError::BadResponse { .. }
+            | ProxyError::IdentityMismatch { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::IdentityNotAllowed => StatusCode::FORBIDDEN,
         }
     }
 
@@ -76,6 +87,8 @@ impl ProxyError {
             ProxyError::BadResponse { .. } => "bad_response",
             ProxyError::Timeout { .. } => "timeout",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::IdentityMismatch { .. } => "identity_mismatch",
+            ProxyError::IdentityNotAllowed => "identity_not_allowed",
         }
     }
 
@@ -85,7 +98,8 @@ impl ProxyError {
             | ProxyError::ConnectFailed { cluster, .. }
             | ProxyError::UpstreamReset { cluster, .. }
             | ProxyError::BadResponse { cluster, .. }
-            | ProxyError::Overflow { cluster, .. } => Some(cluster),
+            | ProxyError::Overflow { cluster, .. }
+            | ProxyError::IdentityMismatch { cluster, .. } => Some(cluster),
             ProxyError::Timeout { cluster } => cluster.as_ref(),
             _ => None,
         }

@@ -5,6 +5,7 @@
 use crate::body::{self, Body};
 use crate::error::{ProxyError, ServedBy};
 use crate::headers;
+use crate::listener::ConnInfo;
 use crate::snapshot::{Inbound, Route, NONE_LABEL};
 use crate::Shared;
 use http::{Request, Response};
@@ -12,9 +13,11 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use octopus_metrics::TargetMetrics;
-use std::net::SocketAddr;
 use std::time::Instant;
 use tower::ServiceExt;
+
+/// The verified identity of an inbound mTLS peer, as the app receives it.
+pub const PEER_IDENTITY: &str = "x-octopus-peer-identity";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -46,9 +49,10 @@ impl Target<'_> {
 pub(crate) async fn handle(
     shared: &Shared,
     dir: Direction,
-    peer: SocketAddr,
+    conn: &ConnInfo,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
+    let peer = conn.peer;
     let start = Instant::now();
     // One lock-free load per request; the Arc keeps this config alive until we finish.
     let snap = shared.snapshot.load_full();
@@ -78,6 +82,20 @@ pub(crate) async fn handle(
         Target::Inbound(i) => i.cluster.service(),
     };
 
+    if dir == Direction::Inbound {
+        // Only octopus may say who the peer is: a client-sent value is never trusted.
+        req.headers_mut().remove(PEER_IDENTITY);
+        if conn.tls && !conn.allowed {
+            return ProxyError::IdentityNotAllowed.into_response();
+        }
+        if let Some(id) = conn
+            .identity
+            .as_deref()
+            .and_then(|id| http::HeaderValue::from_str(id).ok())
+        {
+            req.headers_mut().insert(PEER_IDENTITY, id);
+        }
+    }
     let upgrade = headers::is_upgrade_request(&req);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let mut req = req.map(body::boxed);

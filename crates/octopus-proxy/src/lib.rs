@@ -17,7 +17,7 @@ pub mod endpoint;
 pub mod error;
 pub mod handler;
 pub mod headers;
-mod listener;
+pub mod listener;
 pub mod mirror;
 pub mod outlier;
 mod proxy;

@@ -42,6 +42,10 @@ fn connection_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecu
 /// The settings of a listener that may change with a reload, read per connection.
 pub(crate) trait Settings: Send + Sync + 'static {
     fn header_read_timeout(&self) -> Duration;
+    /// The TLS terminator for new connections, on TLS listeners.
+    fn tls(&self) -> Option<Arc<octopus_tls::ServerTls>> {
+        None
+    }
 }
 
 /// Fixed settings (the admin listener).
@@ -53,6 +57,17 @@ impl Settings for Fixed {
     }
 }
 
+/// Who is on the other end of a downstream connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// Set on TLS listeners: the identity the client certificate proves, if any.
+    pub identity: Option<Arc<str>>,
+    /// False when the identity is not in the listener's allow-list.
+    pub allowed: bool,
+    pub tls: bool,
+}
+
 /// Serves `listener` until `stop` fires, then drains its connections.
 pub(crate) async fn serve<H, Fut>(
     listener: TcpListener,
@@ -62,7 +77,7 @@ pub(crate) async fn serve<H, Fut>(
     settings: impl Settings,
     handler: H,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let mut current = settings.header_read_timeout();
@@ -91,19 +106,46 @@ pub(crate) async fn serve<H, Fut>(
         }
         accepted.inc();
         active.inc();
-        let h = handler.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let fut = h(req, peer);
-            async move { Ok::<_, Infallible>(fut.await) }
-        });
-        let conn = graceful.watch(
-            builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned(),
+        let (h, builder, watcher, active) = (
+            handler.clone(),
+            builder.clone(),
+            graceful.watcher(),
+            active.clone(),
         );
-        let active = active.clone();
+        let tls = settings.tls();
+        // The TLS handshake runs in the connection's own task, never in the accept loop.
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let result = match tls {
+                None => {
+                    let info = Arc::new(ConnInfo {
+                        peer,
+                        identity: None,
+                        allowed: true,
+                        tls: false,
+                    });
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service(h, info));
+                    watcher.watch(conn).await
+                }
+                Some(tls) => match tls.accept(stream, peer).await {
+                    None => Ok(()),
+                    Some(acc) => {
+                        let identity = acc.identity.map(Arc::<str>::from);
+                        let info = Arc::new(ConnInfo {
+                            peer,
+                            identity,
+                            allowed: acc.allowed,
+                            tls: true,
+                        });
+                        let conn = builder.serve_connection_with_upgrades(
+                            TokioIo::new(acc.stream),
+                            service(h, info),
+                        );
+                        watcher.watch(conn).await
+                    }
+                },
+            };
+            if let Err(e) = result {
                 tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
             }
             active.dec();
@@ -111,4 +153,23 @@ pub(crate) async fn serve<H, Fut>(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+fn service<H, Fut>(
+    h: H,
+    info: Arc<ConnInfo>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
+where
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    hyper::service::service_fn(move |req| {
+        let fut = h(req, info.clone());
+        async move { Ok::<_, Infallible>(fut.await) }
+    })
 }

@@ -134,7 +134,7 @@ fn spawn(kind: Kind, l: TcpListener, configured: HostPort, shared: &Arc<Shared>)
             metrics,
             stop_rx,
             listener::Fixed,
-            move |req, _peer| {
+            move |req, _conn| {
                 let sh = sh.clone();
                 async move { admin::handle(&sh, &req) }
             },
@@ -155,9 +155,9 @@ fn spawn(kind: Kind, l: TcpListener, configured: HostPort, shared: &Arc<Shared>)
                 metrics,
                 stop_rx,
                 settings,
-                move |req, peer| {
+                move |req, conn| {
                     let sh = sh.clone();
-                    async move { handler::handle(&sh, dir, peer, req).await }
+                    async move { handler::handle(&sh, dir, &conn, req).await }
                 },
             ))
         }
@@ -186,6 +186,19 @@ impl listener::Settings for FromSnapshot {
             Kind::Admin => None,
         };
         t.map_or(Duration::from_secs(30), |t| t.get())
+    }
+
+    fn tls(&self) -> Option<Arc<octopus_tls::ServerTls>> {
+        match self.kind {
+            Kind::Inbound => self
+                .shared
+                .snapshot
+                .load()
+                .inbound
+                .as_ref()
+                .and_then(|i| i.tls.clone()),
+            _ => None,
+        }
     }
 }
 

@@ -53,6 +53,9 @@ pub struct Outbound {
 }
 
 pub struct Inbound {
+    /// The mTLS terminator when `inbound.tls` is set; kept across reloads that leave
+    /// it unchanged, so its rotation watch keeps running.
+    pub tls: Option<Arc<octopus_tls::ServerTls>>,
     pub cluster: Arc<Cluster>,
     pub forward_to: SocketAddr,
     pub protocol: Protocol,
@@ -92,7 +95,7 @@ impl Snapshot {
             let old = previous.and_then(|p| p.clusters.get(name));
             let cluster = match old.filter(|c| &c.spec == spec) {
                 Some(c) => c.clone(),
-                None => Cluster::build(name, spec, old.map(|c| &**c), ctx).await,
+                None => Cluster::build(name, spec, old.map(|c| &**c), ctx).await?,
             };
             clusters.insert(name.clone(), cluster);
         }
@@ -200,6 +203,7 @@ impl Snapshot {
                         inb.app_protocol,
                         INBOUND_CONNECT_TIMEOUT,
                         None,
+                        None,
                     );
                     let spec = ClusterConfig {
                         lb: Default::default(),
@@ -214,7 +218,22 @@ impl Snapshot {
                     };
                     Cluster::single(LOCAL_APP, spec, ep)
                 });
+                let tls = match &inb.tls {
+                    None => None,
+                    Some(spec) => Some(
+                        previous
+                            .and_then(|p| p.inbound.as_ref())
+                            .and_then(|i| i.tls.clone())
+                            .filter(|t| t.spec() == spec)
+                            .map_or_else(
+                                || octopus_tls::ServerTls::load(spec, ctx.metrics.clone()),
+                                Ok,
+                            )
+                            .map_err(|e| CompileError(format!("inbound.tls: {e}")))?,
+                    ),
+                };
                 Some(Inbound {
+                    tls,
                     cluster,
                     forward_to,
                     protocol: inb.app_protocol,

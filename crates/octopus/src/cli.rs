@@ -28,6 +28,19 @@ pub enum Command {
     /// Check a config file without starting anything: exit 0 and a summary, or exit 1
     /// and every error with its line and field path.
     Validate(ConfigArg),
+    /// Certificate tools for operators.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Print subject, issuer, SANs (identities) and validity of each certificate in a
+    /// PEM file.
+    Inspect {
+        /// A PEM file with one or more certificates.
+        file: PathBuf,
+    },
 }
 
 impl Default for Command {

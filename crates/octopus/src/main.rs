@@ -27,5 +27,6 @@ fn main() -> ExitCode {
     match command {
         cli::Command::Run(args) => run::run(args),
         cli::Command::Validate(args) => run::validate(&args),
+        cli::Command::Cert(cli::CertCommand::Inspect { file }) => run::inspect(&file),
     }
 }

@@ -6,6 +6,36 @@ use octopus_proxy::Proxy;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+pub fn inspect(file: &std::path::Path) -> ExitCode {
+    match octopus_tls::inspect::inspect(&file.display().to_string()) {
+        Ok(certs) => {
+            for (i, c) in certs.iter().enumerate() {
+                println!("certificate {i}:");
+                println!("  subject:    {}", c.subject);
+                println!("  issuer:     {}", c.issuer);
+                println!(
+                    "  identities: {}",
+                    if c.sans.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        c.sans.join(", ")
+                    }
+                );
+                println!("  not before: {}", c.not_before);
+                println!(
+                    "  not after:  {} ({} days from now)",
+                    c.not_after, c.expires_in_days
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("octopus: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 pub fn validate(args: &ConfigArg) -> ExitCode {
     match octopus_config::load_file(&args.config) {
         Ok(config) => {

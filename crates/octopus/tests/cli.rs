@@ -97,9 +97,9 @@ fn validate_reports_each_kind_of_error_with_line_and_path() {
             vec!["line 6: outbound.routes[1].name: duplicate route name `a`"],
         ),
         (
-            "not-supported-yet",
+            "missing-cert-file",
             "clusters:\n  c:\n    endpoints: [127.0.0.1:8080]\n    tls: { cert: a, key: b, ca: c, server_identity: d }\n".to_string(),
-            vec!["line 4: clusters.c.tls: TLS origination is not supported yet"],
+            vec!["line 4: clusters.c.tls.cert: cannot read `a`"],
         ),
         (
             "syntax",
@@ -439,4 +439,49 @@ async fn file_edits_are_picked_up_configmap_swap_and_editor_rename() {
     assert!(wait_generation(d.admin, 4).await, "SIGHUP reload");
     assert_eq!(upstream_name(d.outbound).await, "green");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cert_inspect_prints_identities_and_expiry() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["payments.test".to_string()]).unwrap();
+    params.subject_alt_names.push(rcgen::SanType::URI(
+        "spiffe://cluster.local/ns/shop/sa/payments"
+            .try_into()
+            .unwrap(),
+    ));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "payments");
+    let pem = params.self_signed(&key).unwrap().pem();
+    let file = temp_config("inspect.crt", &pem);
+    let out = Command::new(BIN)
+        .args(["cert", "inspect"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("subject:    CN=payments"), "{text}");
+    assert!(
+        text.contains("identities: spiffe://cluster.local/ns/shop/sa/payments, payments.test"),
+        "{text}"
+    );
+    assert!(text.contains("days from now"), "{text}");
+    let bad = temp_config("bad.crt", "not a certificate");
+    let out = Command::new(BIN)
+        .args(["cert", "inspect"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no certificate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -4,7 +4,7 @@
 //!
 //! The balancer reads a [`MemberSet`] (one lock-free `ArcSwap` load per request) in
 //! which the endpoints that may take traffic are already filtered out; discovery,
-//! health checks and (later) outlier detection publish a new set when availability
+//! health checks and outlier detection publish a new set when availability
 //! changes, which is rare next to picks.
 
 mod least_conn;
@@ -98,12 +98,20 @@ impl Membership {
     }
 
     /// Publishes a new member list (after discovery) if anything changed.
-    pub fn replace(&self, members: Vec<Member>) -> bool {
+    pub fn replace(self: &Arc<Self>, members: Vec<Member>) -> bool {
         if self.set.load().same_as(&members) {
             return false;
         }
         self.set.store(Arc::new(MemberSet::new(members)));
+        self.adopt();
         true
+    }
+
+    /// Makes this membership the one every member reports availability changes to.
+    pub fn adopt(self: &Arc<Self>) {
+        for m in self.set.load().all() {
+            m.endpoint.set_owner(self);
+        }
     }
 
     /// Recomputes which members may take traffic after endpoint health changed.
@@ -243,6 +251,7 @@ pub(crate) mod testing {
                     std::net::SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
                     Protocol::Http1,
                     Duration::from_secs(1),
+                    None,
                     None,
                 ),
                 weight,

@@ -12,6 +12,9 @@ pub struct Limits {
     multiplexed: bool,
     connections: AtomicUsize,
     requests: AtomicUsize,
+    /// `octopus_circuit_overflow_total{cluster, limit="max_connections"}`, counted
+    /// where the connection is refused.
+    connection_overflow: Option<prometheus::IntCounter>,
 }
 
 /// Held while an upstream connection is open.
@@ -35,12 +38,17 @@ impl Drop for RequestSlot {
 }
 
 impl Limits {
-    pub fn new(spec: CircuitBreakerConfig, multiplexed: bool) -> Arc<Self> {
+    pub fn new(
+        spec: CircuitBreakerConfig,
+        multiplexed: bool,
+        connection_overflow: Option<prometheus::IntCounter>,
+    ) -> Arc<Self> {
         Arc::new(Limits {
             spec,
             multiplexed,
             connections: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
+            connection_overflow,
         })
     }
 
@@ -53,8 +61,14 @@ impl Limits {
     }
 
     pub fn open_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
-        Self::acquire(&self.connections, self.spec.max_connections)
-            .then(|| ConnectionSlot(self.clone()))
+        let slot = Self::acquire(&self.connections, self.spec.max_connections)
+            .then(|| ConnectionSlot(self.clone()));
+        if slot.is_none() {
+            if let Some(c) = &self.connection_overflow {
+                c.inc();
+            }
+        }
+        slot
     }
 
     /// Admits a request, or names the limit it would break.
@@ -98,7 +112,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn requests_are_capped_and_released() {
-        let l = Limits::new(spec(100, 100, 2), true);
+        let l = Limits::new(spec(100, 100, 2), true, None);
         let a = l.admit().unwrap();
         let _b = l.admit().unwrap();
         assert_eq!(l.admit().unwrap_err(), "max_requests");
@@ -108,7 +122,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn pending_counts_requests_beyond_open_http1_connections() {
-        let l = Limits::new(spec(1, 1, 100), false);
+        let l = Limits::new(spec(1, 1, 100), false, None);
         let _c = l.open_connection().unwrap();
         assert!(l.open_connection().is_none(), "max_connections");
         let _r1 = l.admit().unwrap(); // on the connection

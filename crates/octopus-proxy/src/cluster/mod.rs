@@ -12,9 +12,11 @@ use crate::balance::{Balancer, Member, Membership};
 use crate::breaker::{LimitLayer, Limits};
 use crate::endpoint::{Endpoint, EndpointStats};
 use crate::outlier::Outlier;
+use crate::snapshot::CompileError;
 use crate::BoxService;
 use octopus_config::{ClusterConfig, HostPort};
 use octopus_metrics::Metrics;
+use octopus_tls::ClientTls;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -26,7 +28,7 @@ pub struct MemberView {
     #[serde(flatten)]
     pub stats: EndpointStats,
     pub weight: u32,
-    /// Whether the balancer may pick it now (healthy and weight > 0).
+    /// Whether the balancer may pick it now (healthy, not ejected, weight > 0).
     pub available: bool,
 }
 
@@ -44,6 +46,7 @@ pub struct Cluster {
     members: Arc<Membership>,
     service: BoxService,
     limits: Option<Arc<Limits>>,
+    tls: Option<Arc<ClientTls>>,
     tasks: Vec<AbortHandle>,
     /// Last good DNS answers, kept so a rebuilt cluster starts from them if DNS is
     /// down at reload time.
@@ -67,23 +70,49 @@ pub(crate) struct EndpointPool {
     known: HashMap<SocketAddr, Arc<Endpoint>>,
     /// The cluster's connection/request limits, shared by all its endpoints.
     limits: Option<Arc<Limits>>,
+    /// The cluster's TLS client, shared by all its endpoints.
+    tls: Option<Arc<ClientTls>>,
 }
 
 impl EndpointPool {
-    fn new(cluster: Arc<str>, spec: &ClusterConfig, previous: Option<&Cluster>) -> Self {
+    fn new(
+        cluster: Arc<str>,
+        spec: &ClusterConfig,
+        previous: Option<&Cluster>,
+        metrics: &Arc<octopus_metrics::Metrics>,
+    ) -> Result<Self, CompileError> {
         // Endpoints carry the connection settings and the limits counter they were
         // built with: reuse them only when those are unchanged.
         let compatible = previous.filter(|p| {
             p.spec.protocol == spec.protocol
                 && p.spec.connect_timeout == spec.connect_timeout
                 && p.spec.circuit_breaker == spec.circuit_breaker
+                && p.spec.tls == spec.tls
         });
         let limits = match compatible {
             Some(p) => p.limits.clone(),
-            None => spec
-                .circuit_breaker
-                .clone()
-                .map(|cb| Limits::new(cb, spec.protocol == octopus_config::Protocol::Http2)),
+            None => spec.circuit_breaker.clone().map(|cb| {
+                let overflow = metrics
+                    .circuit_overflow_total
+                    .with_label_values(&[&cluster, "max_connections"]);
+                Limits::new(
+                    cb,
+                    spec.protocol == octopus_config::Protocol::Http2,
+                    Some(overflow),
+                )
+            }),
+        };
+        let tls = match (compatible, &spec.tls) {
+            (Some(p), _) => p.tls.clone(),
+            (None, None) => None,
+            (None, Some(t)) => Some(
+                ClientTls::load(
+                    t,
+                    spec.protocol == octopus_config::Protocol::Http2,
+                    metrics.clone(),
+                )
+                .map_err(|e| CompileError(format!("cluster `{cluster}`: {e}")))?,
+            ),
         };
         let known = compatible
             .map(|p| {
@@ -95,16 +124,17 @@ impl EndpointPool {
                     .collect()
             })
             .unwrap_or_default();
-        EndpointPool {
+        Ok(EndpointPool {
             cluster,
             spec: spec.clone(),
             known,
             limits,
-        }
+            tls,
+        })
     }
 
     fn get(&mut self, addr: SocketAddr) -> Arc<Endpoint> {
-        let (cluster, spec, limits) = (&self.cluster, &self.spec, &self.limits);
+        let (cluster, spec, limits, tls) = (&self.cluster, &self.spec, &self.limits, &self.tls);
         self.known
             .entry(addr)
             .or_insert_with(|| {
@@ -114,6 +144,7 @@ impl EndpointPool {
                     spec.protocol,
                     spec.connect_timeout.get(),
                     limits.clone(),
+                    tls.clone(),
                 )
             })
             .clone()
@@ -150,9 +181,9 @@ impl Cluster {
         spec: &ClusterConfig,
         previous: Option<&Cluster>,
         ctx: &BuildContext,
-    ) -> Arc<Cluster> {
+    ) -> Result<Arc<Cluster>, CompileError> {
         let name: Arc<str> = name.into();
-        let mut pool = EndpointPool::new(name.clone(), spec, previous);
+        let mut pool = EndpointPool::new(name.clone(), spec, previous, &ctx.metrics)?;
         let names: Vec<HostPort> = spec
             .endpoints
             .iter()
@@ -174,10 +205,9 @@ impl Cluster {
             members.iter().for_each(|m| m.endpoint.outlier.reset());
         }
         let membership = Membership::new(members);
-        for m in membership.load().all() {
-            m.endpoint.set_owner(&membership);
-        }
+        membership.adopt();
         let limits = pool.limits.clone();
+        let tls = pool.tls.clone();
         let mut tasks = Vec::new();
         if !names.is_empty() {
             let refresh = dns::Refresher {
@@ -218,15 +248,16 @@ impl Cluster {
             ),
             None => BoxService::new(balancer),
         };
-        Arc::new(Cluster {
+        Ok(Arc::new(Cluster {
             name,
             spec: spec.clone(),
             members: membership,
             service,
             limits,
+            tls,
             tasks,
             resolved: shared_resolved,
-        })
+        }))
     }
 
     /// A one-endpoint cluster (the inbound listener's local app).
@@ -248,6 +279,7 @@ impl Cluster {
             members: membership,
             service,
             limits: None,
+            tls: None,
             tasks: Vec::new(),
             resolved: Arc::default(),
         })

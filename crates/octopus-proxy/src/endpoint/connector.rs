@@ -5,6 +5,7 @@
 use crate::breaker::Limits;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
+use octopus_tls::ClientTls;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,24 +23,41 @@ pub enum ConnectError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {addr}: {source}")]
+    IdentityMismatch {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     /// The cluster's `max_connections` is reached.
     #[error("connection limit of the cluster reached")]
     Overflow,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Connector {
     addr: SocketAddr,
     timeout: Duration,
     limits: Option<Arc<Limits>>,
+    tls: Option<Arc<ClientTls>>,
 }
 
 impl Connector {
-    pub fn new(addr: SocketAddr, timeout: Duration, limits: Option<Arc<Limits>>) -> Self {
+    pub fn new(
+        addr: SocketAddr,
+        timeout: Duration,
+        limits: Option<Arc<Limits>>,
+        tls: Option<Arc<ClientTls>>,
+    ) -> Self {
         Connector {
             addr,
             timeout,
             limits,
+            tls,
         }
     }
 }
@@ -54,39 +72,86 @@ impl tower::Service<http::Uri> for Connector {
     }
 
     fn call(&mut self, _: http::Uri) -> Self::Future {
-        let (addr, timeout, limits) = (self.addr, self.timeout, self.limits.clone());
+        let (addr, timeout, limits, tls) = (
+            self.addr,
+            self.timeout,
+            self.limits.clone(),
+            self.tls.clone(),
+        );
         Box::pin(async move {
             let slot = match limits {
                 Some(l) => Some(l.open_connection().ok_or(ConnectError::Overflow)?),
                 None => None,
             };
-            let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            // The connect timeout covers the TCP connect and the TLS handshake.
+            let connect = async {
+                let stream = TcpStream::connect(addr)
+                    .await
+                    .map_err(|source| ConnectError::Io { addr, source })?;
+                // Proxied requests are small writes; Nagle would add up to 40 ms per hop.
+                let _ = stream.set_nodelay(true);
+                match tls {
+                    None => Ok(Io::Plain(TokioIo::new(stream))),
+                    Some(tls) => match tls.connect(addr, stream).await {
+                        Ok(s) => Ok(Io::Tls(Box::new(TokioIo::new(s)))),
+                        Err(e) if octopus_tls::is_identity_mismatch(&e) => {
+                            Err(ConnectError::IdentityMismatch { addr, source: e })
+                        }
+                        Err(source) => Err(ConnectError::Tls { addr, source }),
+                    },
+                }
+            };
+            let io = tokio::time::timeout(timeout, connect)
                 .await
-                .map_err(|_| ConnectError::Timeout { addr, timeout })?
-                .map_err(|source| ConnectError::Io { addr, source })?;
-            // Proxied requests are small writes; Nagle would add up to 40 ms per hop.
-            let _ = stream.set_nodelay(true);
-            Ok(Conn {
-                io: TokioIo::new(stream),
-                _slot: slot,
-            })
+                .map_err(|_| ConnectError::Timeout { addr, timeout })??;
+            Ok(Conn { io, _slot: slot })
         })
     }
 }
 
-pin_project_lite::pin_project! {
-    /// An upstream connection; releases its connection-limit slot when closed.
-    pub struct Conn {
-        #[pin]
-        io: TokioIo<TcpStream>,
-        _slot: Option<crate::breaker::ConnectionSlot>,
-    }
+enum Io {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+/// An upstream connection, plain or TLS; releases its connection-limit slot when
+/// closed.
+pub struct Conn {
+    io: Io,
+    _slot: Option<crate::breaker::ConnectionSlot>,
 }
 
 impl Connection for Conn {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        match &self.io {
+            Io::Plain(s) => s.connected(),
+            Io::Tls(s) => {
+                let (tcp, session) = s.inner().get_ref();
+                let connected = tcp.connected();
+                // With TLS, ALPN decides whether this connection speaks HTTP/2.
+                if session.alpn_protocol() == Some(b"h2") {
+                    connected.negotiated_h2()
+                } else {
+                    connected
+                }
+            }
+        }
     }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &mut $self.get_mut().io {
+            Io::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Io::Tls($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+        }
+    };
 }
 
 impl hyper::rt::Read for Conn {
@@ -95,7 +160,7 @@ impl hyper::rt::Read for Conn {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_read(cx, buf)
+        delegate!(self, s => s.poll_read(cx, buf))
     }
 }
 
@@ -105,22 +170,12 @@ impl hyper::rt::Write for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
+        delegate!(self, s => s.poll_write(cx, buf))
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_flush(cx)
+        delegate!(self, s => s.poll_flush(cx))
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
+        delegate!(self, s => s.poll_shutdown(cx))
     }
 }

@@ -15,6 +15,7 @@ use http::{header, Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use octopus_config::Protocol;
+use octopus_tls::ClientTls;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -66,6 +67,7 @@ impl Endpoint {
         protocol: Protocol,
         connect_timeout: Duration,
         limits: Option<Arc<Limits>>,
+        tls: Option<Arc<ClientTls>>,
     ) -> Arc<Self> {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
@@ -75,7 +77,7 @@ impl Endpoint {
         if protocol == Protocol::Http2 {
             builder.http2_only(true);
         }
-        let client = builder.build(Connector::new(addr, connect_timeout, limits));
+        let client = builder.build(Connector::new(addr, connect_timeout, limits, tls));
         let authority = addr
             .to_string()
             .parse()
@@ -288,7 +290,9 @@ impl tower::Service<Request<Body>> for EndpointService {
             if failed {
                 ep.failures.fetch_add(1, Ordering::Relaxed);
             }
-            if let Some(o) = &outlier {
+            // A refusal by our own connection limit says nothing about the endpoint.
+            let refused_locally = matches!(&result, Err(e) if is_overflow(e));
+            if let (Some(o), false) = (&outlier, refused_locally) {
                 o.record(&ep, !failed);
             }
             match result {
@@ -300,11 +304,18 @@ impl tower::Service<Request<Body>> for EndpointService {
                 }
                 Err(e) => {
                     let (cluster, endpoint) = (ep.cluster.clone(), ep.addr);
-                    if is_overflow(&e) {
-                        return Err(ProxyError::Overflow {
-                            cluster,
-                            limit: "max_connections",
-                        });
+                    match connect_error(&e) {
+                        Some(ConnectError::Overflow) => {
+                            return Err(ProxyError::Overflow {
+                                cluster,
+                                limit: "max_connections",
+                            })
+                        }
+                        Some(ConnectError::IdentityMismatch { source, .. }) => {
+                            tracing::warn!(%cluster, %endpoint, error = %source, "upstream identity mismatch");
+                            return Err(ProxyError::IdentityMismatch { cluster, endpoint });
+                        }
+                        _ => {}
                     }
                     let connect = e.is_connect();
                     let source: BoxError = Box::new(e);
@@ -328,19 +339,21 @@ impl tower::Service<Request<Body>> for EndpointService {
     }
 }
 
-/// Whether the client failed because the cluster's connection limit was reached.
-fn is_overflow(e: &hyper_util::client::legacy::Error) -> bool {
+/// Our connector's error inside a client error, if the connect step failed.
+fn connect_error(e: &hyper_util::client::legacy::Error) -> Option<&ConnectError> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(err) = cur {
-        if matches!(
-            err.downcast_ref::<ConnectError>(),
-            Some(ConnectError::Overflow)
-        ) {
-            return true;
+        if let Some(c) = err.downcast_ref::<ConnectError>() {
+            return Some(c);
         }
         cur = err.source();
     }
-    false
+    None
+}
+
+/// Whether the client failed because the cluster's connection limit was reached.
+fn is_overflow(e: &hyper_util::client::legacy::Error) -> bool {
+    matches!(connect_error(e), Some(ConnectError::Overflow))
 }
 
 /// `outer: inner: innermost`, for logs: client errors hide the useful part in sources.

@@ -1,0 +1,154 @@
+//! Inbound TLS termination: TLS 1.3 (1.2 when allowed), ALPN h2 and http/1.1, a client
+//! certificate chaining to `client_ca` required, and the identity it proves checked
+//! against `allowed_identities`.
+
+use crate::{failure_reason, material, provider, rotate, rustls_error, TlsError};
+use arc_swap::ArcSwap;
+use octopus_config::InboundTlsConfig;
+use octopus_metrics::Metrics;
+use rustls::server::WebPkiClientVerifier;
+use rustls::ServerConfig;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// A client gets this long to complete its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct ServerTls {
+    spec: InboundTlsConfig,
+    config: Arc<ArcSwap<ServerConfig>>,
+    metrics: Arc<Metrics>,
+    rotation: tokio::task::AbortHandle,
+}
+
+/// A completed handshake.
+pub struct Accepted {
+    pub stream: TlsStream<TcpStream>,
+    /// The identity the client's certificate proves, if it has a URI or DNS SAN.
+    pub identity: Option<String>,
+    /// Whether that identity may call the app (always true without an allow-list).
+    pub allowed: bool,
+}
+
+impl Drop for ServerTls {
+    fn drop(&mut self) {
+        self.rotation.abort();
+    }
+}
+
+fn build(spec: &InboundTlsConfig, metrics: &Metrics) -> Result<ServerConfig, TlsError> {
+    let provider = provider();
+    let roots = material::roots(&spec.client_ca)?;
+    let (chain, key) = material::keypair(&spec.cert, &spec.key, &provider)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Rustls {
+            context: format!("{}: client CA", spec.client_ca),
+            source: rustls::Error::General(e.to_string()),
+        })?;
+    let versions: &[&rustls::SupportedProtocolVersion] = if spec.min_version == "1.2" {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|source| TlsError::Rustls {
+            context: "inbound TLS versions".into(),
+            source,
+        })?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key)
+        .map_err(|source| TlsError::Rustls {
+            context: format!("{}: server certificate", spec.cert),
+            source,
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    for (path, chain) in [
+        (&spec.cert, Some(chain)),
+        (&spec.client_ca, material::certs(&spec.client_ca).ok()),
+    ] {
+        if let Some(t) = chain.as_deref().and_then(material::not_after) {
+            metrics.tls_cert_expiry.with_label_values(&[path]).set(t);
+        }
+    }
+    Ok(config)
+}
+
+impl ServerTls {
+    /// Loads the material and starts watching its files for rotation.
+    pub fn load(spec: &InboundTlsConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, TlsError> {
+        let config = Arc::new(ArcSwap::from_pointee(build(spec, &metrics)?));
+        let (s, m, c) = (spec.clone(), metrics.clone(), config.clone());
+        let rotation = rotate::watch(
+            vec![spec.cert.clone(), spec.key.clone(), spec.client_ca.clone()],
+            move || {
+                match build(&s, &m) {
+                Ok(new) => {
+                    c.store(Arc::new(new));
+                    tracing::info!(cert = %s.cert, "inbound TLS: new certificate material in use for new handshakes");
+                }
+                Err(e) => tracing::error!("inbound TLS: rejected the changed files, the previous certificates keep serving: {e}"),
+            }
+            },
+        );
+        Ok(Arc::new(ServerTls {
+            spec: spec.clone(),
+            config,
+            metrics,
+            rotation,
+        }))
+    }
+
+    pub fn spec(&self) -> &InboundTlsConfig {
+        &self.spec
+    }
+
+    /// Runs the handshake; `None` when it failed (counted and logged).
+    pub async fn accept(&self, tcp: TcpStream, peer: std::net::SocketAddr) -> Option<Accepted> {
+        let acceptor = TlsAcceptor::from(self.config.load_full());
+        let count = |result: &str| {
+            self.metrics
+                .tls_handshakes_total
+                .with_label_values(&["inbound", result])
+                .inc()
+        };
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let reason = rustls_error(&e).map_or("protocol", failure_reason);
+                count(reason);
+                tracing::info!(%peer, reason, error = %e, "inbound TLS handshake refused");
+                return None;
+            }
+            Err(_) => {
+                count("protocol");
+                tracing::info!(%peer, "inbound TLS handshake timed out");
+                return None;
+            }
+        };
+        let identity = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(crate::peer_identity);
+        let allowed = self.spec.allowed_identities.is_empty()
+            || identity
+                .as_ref()
+                .is_some_and(|id| self.spec.allowed_identities.iter().any(|a| a == id));
+        if allowed {
+            count("ok");
+        } else {
+            count("bad_identity");
+            tracing::warn!(%peer, identity = identity.as_deref().unwrap_or("<none>"), "inbound mTLS: identity not allowed; its requests get 403");
+        }
+        Some(Accepted {
+            stream,
+            identity,
+            allowed,
+        })
+    }
+}
