@@ -380,3 +380,38 @@ async fn slow_and_idle_clients_cannot_hold_a_connection() {
         "the request itself was served"
     );
 }
+
+#[tokio::test]
+async fn max_connections_is_enforced_and_counted() {
+    let slow = Upstream::start("slow").await;
+    slow.set_delay(Duration::from_millis(500));
+    let proxy = start(&route(
+        "",
+        "    circuit_breaker: { max_connections: 2, max_pending_requests: 100, max_requests: 100 }\n",
+        &[slow.addr()],
+    ))
+    .await;
+    let out = proxy.outbound_addr().unwrap();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(async move { get(out, "svc", "/").await }))
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        if r.status == 503 {
+            assert_eq!(r.text(), "circuit open: max_connections\n");
+        }
+        statuses.push(r.status.as_u16());
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(ok, 2, "two connections, one request each: {statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 8);
+    let m = admin(&proxy, "/metrics").await.text();
+    assert!(
+        m.contains(r#"octopus_circuit_overflow_total{cluster="svc",limit="max_connections"} 8"#),
+        "{m}"
+    );
+    // Refusals by our own limit do not count against the endpoint.
+    let ep = &admin(&proxy, "/clusters").await.json()["clusters"]["svc"]["endpoints"][0];
+    assert_eq!(ep["outlier"], "closed");
+}
