@@ -39,6 +39,15 @@ pub fn load_file_with_digest(path: &Path) -> Result<(Config, String), ConfigErro
     Ok((config, digest(text.as_bytes())))
 }
 
+/// The JSON Schema of the control file (for editors: VS Code YAML and others).
+pub fn json_schema() -> serde_json::Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default();
+    if let Some(obj) = schema.as_object_mut() {
+        obj.insert("title".into(), "Octopus control file".into());
+    }
+    schema
+}
+
 /// Lower-case hex SHA-256, as `sha256sum` prints it.
 pub fn digest(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -172,6 +181,29 @@ clusters:
                 "line 4: clusters.c.health_check.interval: must be greater than 0"
             ]
         );
+    }
+
+    #[test]
+    fn json_schema_covers_the_contract() {
+        let s = json_schema();
+        let text = s.to_string();
+        for key in [
+            "outbound",
+            "inbound",
+            "clusters",
+            "split",
+            "hash_on",
+            "retry_on",
+            "circuit_breaker",
+            "outlier_detection",
+            "health_check",
+            "server_identity",
+            "allowed_identities",
+        ] {
+            assert!(text.contains(&format!("\"{key}\"")), "schema lacks {key}");
+        }
+        // Unknown keys are errors in the file, so the schema says so too.
+        assert!(text.contains("\"additionalProperties\":false"));
     }
 
     #[test]

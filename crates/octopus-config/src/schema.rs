@@ -6,7 +6,7 @@ use crate::types::{Duration, HashOn, HostPort, LbPolicy, Protocol, RetryOn};
 use serde::{de, Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -22,7 +22,7 @@ pub struct Config {
     pub drain_timeout: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "defaults::admin_listen")]
@@ -37,7 +37,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
     pub listen: HostPort,
@@ -49,7 +49,7 @@ pub struct OutboundConfig {
     pub routes: Vec<RouteConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
@@ -70,7 +70,7 @@ pub struct RouteConfig {
     pub retry: Option<RetryConfig>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     /// Request authority without port: exact, `*.suffix`, or `*` for any; absent = any.
@@ -84,21 +84,21 @@ pub struct MatchConfig {
     pub headers: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SplitTarget {
     pub cluster: String,
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
     pub cluster: String,
     pub percent: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Total tries, the first included.
@@ -123,21 +123,21 @@ pub struct RetryConfig {
     pub attempts_header: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
     pub base: Duration,
     pub max: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     pub ratio: f64,
     pub min_per_second: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InboundConfig {
     pub listen: HostPort,
@@ -151,7 +151,7 @@ pub struct InboundConfig {
 }
 
 /// File paths only: /config prints these, never the files' contents.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InboundTlsConfig {
     pub cert: String,
@@ -164,7 +164,7 @@ pub struct InboundTlsConfig {
     pub min_version: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     #[serde(default)]
@@ -193,6 +193,30 @@ pub struct ClusterConfig {
 pub struct EndpointConfig {
     pub address: HostPort,
     pub weight: u32,
+}
+
+impl schemars::JsonSchema for EndpointConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Endpoint".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let address = generator.subschema_for::<HostPort>();
+        schemars::json_schema!({
+            "description": "`host:port`, or `{ address, weight }` (weight 0-10000, default 1; 0 drains)",
+            "anyOf": [
+                address,
+                {
+                    "type": "object",
+                    "properties": {
+                        "address": address,
+                        "weight": { "type": "integer", "minimum": 0, "maximum": 10000, "default": 1 }
+                    },
+                    "required": ["address"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for EndpointConfig {
@@ -226,7 +250,7 @@ impl<'de> Deserialize<'de> for EndpointConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
     #[serde(default = "defaults::limit")]
@@ -237,7 +261,7 @@ pub struct CircuitBreakerConfig {
     pub max_requests: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierDetectionConfig {
     #[serde(default = "defaults::consecutive_failures")]
@@ -248,7 +272,7 @@ pub struct OutlierDetectionConfig {
     pub max_ejection_percent: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     pub path: String,
@@ -262,7 +286,7 @@ pub struct HealthCheckConfig {
     pub healthy_threshold: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterTlsConfig {
     pub cert: String,

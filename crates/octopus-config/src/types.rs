@@ -161,7 +161,9 @@ impl fmt::Display for HostPort {
 }
 
 /// How octopus speaks to an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -170,7 +172,9 @@ pub enum Protocol {
     Http2,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
     #[default]
@@ -288,6 +292,47 @@ impl Serialize for RetryOn {
         s.collect_str(self)
     }
 }
+
+/// JSON Schema for the string-typed scalars, so editors check them as they are typed.
+macro_rules! string_schema {
+    ($ty:ty, $name:literal, $schema:tt) => {
+        impl schemars::JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!($schema)
+            }
+        }
+    };
+}
+
+string_schema!(Duration, "Duration", {
+    "type": "string",
+    "pattern": "^[0-9]+(\\.[0-9]+)?(ms|s|m|h)$",
+    "description": "A duration with a unit: 250ms, 2s, 1.5s, 1m, 1h",
+    "examples": ["250ms", "2s"]
+});
+string_schema!(HostPort, "Address", {
+    "type": "string",
+    "pattern": "^(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}$",
+    "description": "host:port; IPv6 as [addr]:port; a DNS name is resolved where allowed",
+    "examples": ["127.0.0.1:15001", "payments.shop.svc:8080"]
+});
+string_schema!(HashOn, "HashOn", {
+    "type": "string",
+    "pattern": "^(header|cookie):[!#$%&'*+.^_`|~0-9A-Za-z-]+$",
+    "description": "Sticky split key: header:NAME or cookie:NAME",
+    "examples": ["header:x-user-id", "cookie:session"]
+});
+string_schema!(RetryOn, "RetryOn", {
+    "description": "connect-failure, reset, gateway-error (502/503/504) or a status code",
+    "anyOf": [
+        { "enum": ["connect-failure", "reset", "gateway-error"] },
+        { "type": "string", "pattern": "^[1-5][0-9][0-9]$" },
+        { "type": "integer", "minimum": 100, "maximum": 599 }
+    ]
+});
 
 /// An RFC 9110 token: header names, methods and cookie names are tokens.
 pub(crate) fn http_token(s: &str) -> bool {

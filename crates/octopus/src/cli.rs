@@ -28,6 +28,17 @@ pub enum Command {
     /// Check a config file without starting anything: exit 0 and a summary, or exit 1
     /// and every error with its line and field path.
     Validate(ConfigArg),
+    /// Print the JSON Schema of the control file (for editor validation).
+    Schema,
+    /// GET a URL and exit 0 on a 2xx answer, 1 otherwise: a health probe for images
+    /// without curl (e.g. `octopus probe http://127.0.0.1:9901/live`).
+    Probe {
+        /// An `http://host:port/path` URL.
+        url: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Certificate tools for operators.
     #[command(subcommand)]
     Cert(CertCommand),

@@ -3,6 +3,7 @@
 
 mod cli;
 mod logging;
+mod probe;
 mod run;
 mod workers;
 
@@ -28,5 +29,16 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => run::run(args),
         cli::Command::Validate(args) => run::validate(&args),
         cli::Command::Cert(cli::CertCommand::Inspect { file }) => run::inspect(&file),
+        cli::Command::Schema => {
+            let schema = octopus_config::json_schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        cli::Command::Probe { url, timeout_ms } => {
+            probe::probe(&url, std::time::Duration::from_millis(timeout_ms))
+        }
     }
 }
