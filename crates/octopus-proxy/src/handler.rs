@@ -86,7 +86,11 @@ pub(crate) async fn handle(
         // Only octopus may say who the peer is: a client-sent value is never trusted.
         req.headers_mut().remove(PEER_IDENTITY);
         if conn.tls && !conn.allowed {
-            return ProxyError::IdentityNotAllowed.into_response();
+            let resp = ProxyError::IdentityNotAllowed.into_response();
+            if let Some(inb) = snap.inbound.as_ref() {
+                inb.metrics.record(resp.status().as_u16(), start.elapsed());
+            }
+            return resp;
         }
         if let Some(id) = conn
             .identity

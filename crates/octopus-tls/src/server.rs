@@ -130,15 +130,20 @@ impl ServerTls {
                 return None;
             }
         };
-        let identity = stream
+        let presented = stream
             .get_ref()
             .1
             .peer_certificates()
-            .and_then(crate::peer_identity);
-        let allowed = self.spec.allowed_identities.is_empty()
-            || identity
-                .as_ref()
-                .is_some_and(|id| self.spec.allowed_identities.iter().any(|a| a == id));
+            .and_then(|c| c.first())
+            .map(crate::identities)
+            .unwrap_or_default();
+        // Any SAN on the allow-list admits the client, and that SAN is the identity the
+        // app sees; without a list, the first URI SAN (else DNS SAN) is.
+        let matched = presented
+            .iter()
+            .find(|id| self.spec.allowed_identities.iter().any(|a| a == *id));
+        let allowed = self.spec.allowed_identities.is_empty() || matched.is_some();
+        let identity = matched.or(presented.first()).cloned();
         if allowed {
             count("ok");
         } else {
