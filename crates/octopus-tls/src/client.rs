@@ -146,18 +146,12 @@ impl ClientTls {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, TlsError> {
         let config = Arc::new(ArcSwap::from_pointee(build(spec, h2, &metrics)?));
-        let (s, m, c) = (spec.clone(), metrics.clone(), config.clone());
-        let rotation = rotate::watch(
+        let (s, m) = (spec.clone(), metrics.clone());
+        let rotation = rotate::rebuild_on_change(
+            "outbound",
             vec![spec.cert.clone(), spec.key.clone(), spec.ca.clone()],
-            move || {
-                match build(&s, h2, &m) {
-                Ok(new) => {
-                    c.store(Arc::new(new));
-                    tracing::info!(cert = %s.cert, "outbound TLS: new certificate material in use for new connections");
-                }
-                Err(e) => tracing::error!("outbound TLS: rejected the changed files, the previous certificates keep serving: {e}"),
-            }
-            },
+            config.clone(),
+            move || build(&s, h2, &m),
         );
         Ok(Arc::new(ClientTls {
             spec: spec.clone(),

@@ -20,8 +20,28 @@ fn stamp(paths: &[String]) -> Stamp {
         .collect()
 }
 
+/// Rebuilds a TLS config with `build` whenever one of `paths` changes and swaps it
+/// into `current`; a failed build is logged and the previous config keeps serving.
+pub(crate) fn rebuild_on_change<T: Send + Sync + 'static>(
+    side: &'static str,
+    paths: Vec<String>,
+    current: std::sync::Arc<arc_swap::ArcSwap<T>>,
+    build: impl Fn() -> Result<T, crate::TlsError> + Send + 'static,
+) -> tokio::task::AbortHandle {
+    let cert = paths.first().cloned().unwrap_or_default();
+    watch(paths, move || match build() {
+        Ok(new) => {
+            current.store(std::sync::Arc::new(new));
+            tracing::info!(%cert, "{side} TLS: new certificate material in use for new handshakes");
+        }
+        Err(e) => tracing::error!(
+            "{side} TLS: rejected the changed files, the previous certificates keep serving: {e}"
+        ),
+    })
+}
+
 /// Calls `reload` whenever any of `paths` changes, until the task is aborted.
-pub(crate) fn watch(
+fn watch(
     paths: Vec<String>,
     mut reload: impl FnMut() + Send + 'static,
 ) -> tokio::task::AbortHandle {

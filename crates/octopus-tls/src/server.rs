@@ -82,18 +82,12 @@ impl ServerTls {
     /// Loads the material and starts watching its files for rotation.
     pub fn load(spec: &InboundTlsConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, TlsError> {
         let config = Arc::new(ArcSwap::from_pointee(build(spec, &metrics)?));
-        let (s, m, c) = (spec.clone(), metrics.clone(), config.clone());
-        let rotation = rotate::watch(
+        let (s, m) = (spec.clone(), metrics.clone());
+        let rotation = rotate::rebuild_on_change(
+            "inbound",
             vec![spec.cert.clone(), spec.key.clone(), spec.client_ca.clone()],
-            move || {
-                match build(&s, &m) {
-                Ok(new) => {
-                    c.store(Arc::new(new));
-                    tracing::info!(cert = %s.cert, "inbound TLS: new certificate material in use for new handshakes");
-                }
-                Err(e) => tracing::error!("inbound TLS: rejected the changed files, the previous certificates keep serving: {e}"),
-            }
-            },
+            config.clone(),
+            move || build(&s, &m),
         );
         Ok(Arc::new(ServerTls {
             spec: spec.clone(),
