@@ -5,6 +5,7 @@ mod admin;
 mod balancing;
 mod errors;
 mod mtls;
+mod observability;
 mod protocols;
 mod reload;
 mod resilience;
