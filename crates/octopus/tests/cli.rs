@@ -485,3 +485,41 @@ fn cert_inspect_prints_identities_and_expiry() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn schema_is_json_and_describes_the_file() {
+    let out = Command::new(BIN).arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["title"], "Octopus control file");
+    assert_eq!(schema["additionalProperties"], false);
+    for key in ["admin", "outbound", "inbound", "clusters", "drain_timeout"] {
+        assert!(schema["properties"][key].is_object(), "no {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_exits_zero_only_on_success() {
+    let up = Upstream::start("up").await;
+    let d = Daemon::start(&proxy_config("probe.yaml", up.addr(), "1s"));
+    let probe = |url: String| {
+        Command::new(BIN)
+            .args(["probe", &url])
+            .status()
+            .unwrap()
+            .code()
+    };
+    let admin = d.admin;
+    let ok = tokio::task::spawn_blocking(move || probe(format!("http://{admin}/live")))
+        .await
+        .unwrap();
+    assert_eq!(ok, Some(0));
+    let missing = tokio::task::spawn_blocking(move || probe(format!("http://{admin}/nope")))
+        .await
+        .unwrap();
+    assert_eq!(missing, Some(1), "a 404 is a failed probe");
+    let dead = tokio::task::spawn_blocking(move || probe("http://127.0.0.1:1/live".into()))
+        .await
+        .unwrap();
+    assert_eq!(dead, Some(1));
+}
