@@ -5,7 +5,7 @@ CARGO ?= cargo
 DEMO_UPSTREAMS = payments-v1-a=127.0.0.1:18081 payments-v1-b=127.0.0.1:18082 \
                  payments-v2=127.0.0.1:18083 catalog=127.0.0.1:18084 local-app=127.0.0.1:18090
 
-.PHONY: all build run test fmt lint check-config clean
+.PHONY: all build run test fmt lint check-config clean bench
 
 all: build
 
@@ -36,3 +36,11 @@ check-config:
 
 clean:
 	$(CARGO) clean
+
+## bench: side-by-side benchmark vs nginx and HAProxy (installs them; writes docs/benchmarks.md)
+bench:
+	@command -v wrk >/dev/null && command -v h2load >/dev/null && command -v nginx >/dev/null && command -v haproxy >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client nginx-light haproxy)
+	@python3 -c 'import matplotlib' 2>/dev/null || pip install --quiet matplotlib
+	$(CARGO) build --release --workspace --bins
+	python3 bench/run.py

@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Side-by-side proxy benchmark: the upstream directly, octopus, nginx and HAProxy,
+same upstream, same pinning (servers on core 0, load generator on core 1), scenarios
+interleaved A B C D A B C D ... so machine drift hits all alike.
+
+Writes docs/benchmarks.md and docs/benchmarks.png. Run with `make bench`.
+Only 127.0.0.1 is ever contacted; every process started here is stopped by pid.
+"""
+import os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+REL = os.path.join(ROOT, "target", "release")
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+SECS = int(os.environ.get("BENCH_SECONDS", "5"))
+SERVER_CPU, LOAD_CPU = "0", "1"
+
+TARGETS = {  # name -> (HTTP/1.1 URL, h2c URL)
+    "direct": ("http://127.0.0.1:28081", "http://127.0.0.1:28081"),
+    "octopus": ("http://127.0.0.1:25001", "http://127.0.0.1:25001"),
+    "nginx": ("http://127.0.0.1:25101", "http://127.0.0.1:25102"),
+    "haproxy": ("http://127.0.0.1:25201", "http://127.0.0.1:25202"),
+}
+started = []
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def start(name, cmd):
+    p = subprocess.Popen(["taskset", "-c", SERVER_CPU] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started.append((name, p))
+    return p
+
+
+def stop_all():
+    for _, p in reversed(started):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for _, p in started:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"port {port} never opened")
+
+
+def tree_pids(pid):
+    """pid and its children (nginx's worker)."""
+    out = sh(["ps", "-o", "pid=", "--ppid", str(pid)]).stdout.split()
+    return [pid] + [int(x) for x in out]
+
+
+def status_kib(pid, field):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except FileNotFoundError:
+        pass
+    return 0
+
+
+def cpu_secs(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url, path="/", conns=32):
+    out = sh(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{SECS}s", "--latency",
+              "-H", "Host: svc", url + path]).stdout
+    def lat(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    tr = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", out)
+    mbs = float(tr.group(1)) * {"B": 1e-6, "KB": 1e-3, "MB": 1.0, "GB": 1e3}[tr.group(2)] if tr else 0.0
+    errors = "Non-2xx" in out or "Socket errors" in out
+    return {"rps": rps, "p50": lat(50), "p99": lat(99), "mbs": mbs, "errors": errors}
+
+
+def h2load(url):
+    # HTTP/2 names the service in :authority (octopus routes on it).
+    out = sh(["taskset", "-c", LOAD_CPU, "h2load", "-c32", "-m10", "-D", str(SECS), "-H", ":authority: svc", url + "/"]).stdout
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    ok = re.search(r"(\d+) succeeded, (\d+) failed", out)
+    return {"rps": float(m.group(1)) if m else 0.0, "failed": int(ok.group(2)) if ok else -1}
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def main():
+    for tool in ["wrk", "h2load", "nginx", "haproxy", "taskset"]:
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: run `make bench`, which installs it")
+    run = tempfile.mkdtemp(prefix="octopus-bench-")
+    nginx_conf = os.path.join(run, "nginx.conf")
+    with open(os.path.join(BENCH, "nginx.conf")) as f:
+        open(nginx_conf, "w").write(f.read().replace("RUNDIR", run))
+    try:
+        start("upstream", [os.path.join(REL, "octopus-demo-upstreams"), "svc=127.0.0.1:28081"])
+        wait_port(28081)
+        procs = {
+            "octopus": start("octopus", [os.path.join(REL, "octopus"), "run", "--worker-threads", "1", "--config", os.path.join(BENCH, "octopus.yaml")]),
+            "nginx": start("nginx", ["nginx", "-c", nginx_conf, "-p", run]),
+            "haproxy": start("haproxy", ["haproxy", "-f", os.path.join(BENCH, "haproxy.cfg")]),
+        }
+        layered = start("octopus-layers", [os.path.join(REL, "octopus"), "run", "--worker-threads", "1", "--config", os.path.join(BENCH, "octopus-layers.yaml")])
+        for port in (25001, 25002, 25101, 25102, 25201, 25202):
+            wait_port(port)
+        time.sleep(0.5)
+        idle = {n: sum(status_kib(p, "VmRSS") for p in tree_pids(procs[n].pid)) for n in procs}
+
+        results = {s: {t: [] for t in TARGETS} for s in ("h1", "h2", "big")}
+        layers = {"bare": [], "all layers": []}
+        for r in range(ROUNDS):
+            for t, (h1, h2) in TARGETS.items():
+                print(f"round {r + 1}/{ROUNDS} {t}", file=sys.stderr)
+                results["h1"][t].append(wrk(h1))
+                results["h2"][t].append(h2load(h2))
+                pid = procs[t].pid if t in procs else None
+                before = sum(cpu_secs(p) for p in tree_pids(pid)) if pid else 0
+                big = wrk(h1, "/bytes/102400", conns=8)
+                after = sum(cpu_secs(p) for p in tree_pids(pid)) if pid else 0
+                gb = big["mbs"] * SECS / 1000
+                big["cpu_per_gb"] = (after - before) / gb if pid and gb else float("nan")
+                results["big"][t].append(big)
+            layers["bare"].append(wrk(TARGETS["octopus"][0])["rps"])
+            layers["all layers"].append(wrk("http://127.0.0.1:25002")["rps"])
+
+        # Scenario 4: 1000 idle keep-alive connections held open during a load run.
+        conns_rss = {}
+        for t in procs:
+            port = int(TARGETS[t][0].rsplit(":", 1)[1])
+            socks = []
+            for _ in range(1000):
+                s = socket.create_connection(("127.0.0.1", port))
+                s.sendall(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+                socks.append(s)
+            time.sleep(0.5)
+            for s in socks:
+                s.recv(65536)
+            wrk(TARGETS[t][0])
+            conns_rss[t] = sum(status_kib(p, "VmHWM") for p in tree_pids(procs[t].pid))
+            for s in socks:
+                s.close()
+        versions = {
+            "nginx": sh(["nginx", "-v"]).stderr.strip(),
+            "haproxy": sh(["haproxy", "-v"]).stdout.splitlines()[0],
+            "wrk": sh(["wrk", "--version"]).stdout.splitlines()[0] if sh(["wrk", "--version"]).stdout else "wrk (Debian)",
+            "h2load": sh(["h2load", "--version"]).stdout.strip(),
+            "octopus": sh([os.path.join(REL, "octopus"), "--version"]).stdout.strip(),
+        }
+    finally:
+        stop_all()
+        shutil.rmtree(run, ignore_errors=True)
+    report(results, layers, idle, conns_rss, versions)
+
+
+def report(results, layers, idle, conns_rss, versions):
+    med = lambda s, t, k: median([x[k] for x in results[s][t]])
+    o1, o2 = med("h1", "octopus", "rps"), med("h2", "octopus", "rps")
+    lines = ["# Benchmarks", "",
+             "Generated by `make bench` (bench/run.py). Every server (upstream, octopus, nginx, HAProxy) is pinned to core 0,",
+             "the load generator to core 1; each proxy has one worker and talks to the same upstream (octopus' demo upstream,",
+             f"hyper). {ROUNDS} interleaved rounds of {SECS} s; medians. Ratio = the target's value / octopus'.", "",
+             "## Scenario 1: HTTP/1.1 keep-alive, 32 connections, tiny response (`wrk -t1 -c32`)", "",
+             "| target | req/s | ratio to octopus | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    for t in TARGETS:
+        r = med("h1", t, "rps")
+        lines.append(f"| {t} | {r:,.0f} | {r / o1:.2f} | {med('h1', t, 'p50'):.2f} | {med('h1', t, 'p99'):.2f} |")
+    lines += ["", "## Scenario 2: HTTP/2 (h2c prior knowledge), 32 connections x 10 streams (`h2load -c32 -m10`)", "",
+              "| target | req/s | ratio to octopus | failed requests (all rounds) |", "|---|---|---|---|"]
+    for t in TARGETS:
+        r = med("h2", t, "rps")
+        failed = sum(x["failed"] for x in results["h2"][t])
+        lines.append(f"| {t} | {r:,.0f} | {r / o2:.2f} | {failed} |")
+    lines += ["", "## Scenario 4: memory", "",
+              "| proxy | idle RSS after start (KiB) | peak RSS with 1000 idle keep-alive connections + load (KiB) |", "|---|---|---|"]
+    for t in idle:
+        lines.append(f"| {t} | {idle[t]:,} | {conns_rss.get(t, 0):,} |")
+    lines += ["", "nginx and HAProxy figures add up the master and worker processes.", "",
+              "## Scenario 5: 100 KiB responses, 8 connections", "",
+              "| target | MB/s | proxy CPU seconds per GB |", "|---|---|---|"]
+    for t in TARGETS:
+        cpu = med("big", t, "cpu_per_gb")
+        lines.append(f"| {t} | {med('big', t, 'mbs'):,.0f} | {'-' if cpu != cpu else f'{cpu:.2f}'} |")
+    b, a = median(layers["bare"]), median(layers["all layers"])
+    lines += ["", "## Scenario 7: price of the layers (octopus, HTTP/1.1, 32 connections)", "",
+              "| octopus config | req/s per round | median |", "|---|---|---|",
+              f"| bare route | {' / '.join(f'{x:,.0f}' for x in layers['bare'])} | {b:,.0f} |",
+              f"| all layers (retry + per-try timeout, route timeout, least-connections, circuit breaker, outlier detection, health checks) | {' / '.join(f'{x:,.0f}' for x in layers['all layers'])} | {a:,.0f} ({(a / b - 1) * 100:+.1f}%) |",
+              "", "## Versions", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [
+              "", "Configs: bench/octopus.yaml, bench/octopus-layers.yaml, bench/nginx.conf, bench/haproxy.cfg.", "",
+              "![requests per second](benchmarks.png)", ""]
+    errs = [t for s in ("h1", "big") for t in TARGETS if any(x["errors"] for x in results[s][t])]
+    if errs:
+        lines.append(f"Warning: non-2xx responses or socket errors were seen for: {', '.join(sorted(set(errs)))}.")
+    text = "\n".join(lines) + "\n"
+    # Hand-written analysis below the marker survives a re-run.
+    path = os.path.join(ROOT, "docs", "benchmarks.md")
+    marker = "<!-- analysis: kept across runs -->"
+    try:
+        old = open(path).read()
+        if marker in old:
+            text += "\n" + old[old.index(marker):]
+    except FileNotFoundError:
+        pass
+    open(path, "w").write(text)
+    print(text)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, (s, title) in zip(axes, [("h1", "HTTP/1.1, 32 conns"), ("h2", "h2c, 32x10 streams")]):
+            names = list(TARGETS)
+            ax.bar(names, [med(s, t, "rps") for t in names], color=["#999", "#2a7", "#38c", "#c63"])
+            ax.set_title(title)
+            ax.set_ylabel("requests/s (median)")
+        fig.tight_layout()
+        fig.savefig(os.path.join(ROOT, "docs", "benchmarks.png"), dpi=100)
+    except ImportError:
+        print("matplotlib missing: no chart written", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        stop_all()
