@@ -4,6 +4,7 @@
 mod admin;
 mod balancing;
 mod errors;
+mod limits;
 mod mtls;
 mod observability;
 mod protocols;

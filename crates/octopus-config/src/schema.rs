@@ -45,6 +45,18 @@ pub struct OutboundConfig {
     /// connection is closed after it too.
     #[serde(default = "defaults::header_read_timeout")]
     pub header_read_timeout: Duration,
+    /// Open client connections at most; more are accepted and closed at once.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: u32,
+    /// Largest request head (request line + headers) in bytes; larger gets 431.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: u32,
+    /// Most request headers; more gets 431.
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: u32,
+    /// Most concurrent HTTP/2 streams per client connection.
+    #[serde(default = "defaults::max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
 }
@@ -68,6 +80,9 @@ pub struct RouteConfig {
     pub timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryConfig>,
+    /// Largest request body accepted on this route, in bytes; larger gets 413.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
@@ -143,6 +158,18 @@ pub struct InboundConfig {
     pub listen: HostPort,
     #[serde(default = "defaults::header_read_timeout")]
     pub header_read_timeout: Duration,
+    /// Open client connections at most; more are accepted and closed at once.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: u32,
+    /// Largest request head (request line + headers) in bytes; larger gets 431.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: u32,
+    /// Most request headers; more gets 431.
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: u32,
+    /// Most concurrent HTTP/2 streams per client connection.
+    #[serde(default = "defaults::max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
     pub forward_to: HostPort,
     #[serde(default)]
     pub app_protocol: Protocol,
@@ -333,6 +360,18 @@ mod defaults {
     pub fn min_tls_version() -> String {
         "1.3".into()
     }
+    pub fn max_connections() -> u32 {
+        10_000
+    }
+    pub fn max_header_bytes() -> u32 {
+        64 * 1024
+    }
+    pub fn max_headers() -> u32 {
+        100
+    }
+    pub fn max_concurrent_streams() -> u32 {
+        100
+    }
     pub fn header_read_timeout() -> Duration {
         Duration::from_millis(30_000)
     }
@@ -387,3 +426,43 @@ impl Config {
         s
     }
 }
+
+/// The client-facing limits of a traffic listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    pub header_read_timeout: std::time::Duration,
+    pub max_connections: u32,
+    pub max_header_bytes: u32,
+    pub max_headers: u32,
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            header_read_timeout: defaults::header_read_timeout().get(),
+            max_connections: defaults::max_connections(),
+            max_header_bytes: defaults::max_header_bytes(),
+            max_headers: defaults::max_headers(),
+            max_concurrent_streams: defaults::max_concurrent_streams(),
+        }
+    }
+}
+
+macro_rules! listener_limits {
+    ($ty:ty) => {
+        impl $ty {
+            pub fn limits(&self) -> ListenerLimits {
+                ListenerLimits {
+                    header_read_timeout: self.header_read_timeout.get(),
+                    max_connections: self.max_connections,
+                    max_header_bytes: self.max_header_bytes,
+                    max_headers: self.max_headers,
+                    max_concurrent_streams: self.max_concurrent_streams,
+                }
+            }
+        }
+    };
+}
+listener_limits!(OutboundConfig);
+listener_limits!(InboundConfig);

@@ -86,18 +86,34 @@ impl Checker {
             }
         };
         listen("admin.listen", &c.admin.listen, self);
-        for (path, t) in [
-            (
-                "outbound.header_read_timeout",
-                c.outbound.as_ref().map(|o| o.header_read_timeout),
-            ),
-            (
-                "inbound.header_read_timeout",
-                c.inbound.as_ref().map(|i| i.header_read_timeout),
-            ),
+        for (prefix, limits) in [
+            ("outbound", c.outbound.as_ref().map(|o| o.limits())),
+            ("inbound", c.inbound.as_ref().map(|i| i.limits())),
         ] {
-            if t.is_some_and(|t| t.get() < std::time::Duration::from_millis(10)) {
-                self.err(path, "must be at least 10ms");
+            let Some(l) = limits else { continue };
+            if l.header_read_timeout < std::time::Duration::from_millis(10) {
+                self.err(
+                    format!("{prefix}.header_read_timeout"),
+                    "must be at least 10ms",
+                );
+            }
+            if l.max_connections == 0 {
+                self.err(format!("{prefix}.max_connections"), "must be at least 1");
+            }
+            if l.max_header_bytes < 8192 {
+                self.err(
+                    format!("{prefix}.max_header_bytes"),
+                    "must be at least 8192",
+                );
+            }
+            if l.max_headers == 0 {
+                self.err(format!("{prefix}.max_headers"), "must be at least 1");
+            }
+            if l.max_concurrent_streams == 0 {
+                self.err(
+                    format!("{prefix}.max_concurrent_streams"),
+                    "must be at least 1",
+                );
             }
         }
         if let Some(o) = &c.outbound {

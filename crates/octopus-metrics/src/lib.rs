@@ -29,6 +29,7 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     pub connections_total: IntCounterVec,
     pub connections_active: IntGaugeVec,
+    pub listener_overflow_total: IntCounterVec,
     pub dns_failures_total: IntCounterVec,
     pub mirror_requests_total: IntCounterVec,
     pub upstream_retries_total: IntCounterVec,
@@ -160,6 +161,14 @@ impl Metrics {
             "octopus_endpoint_weight",
             "Configured weight of the endpoint; 0 drains it.",
         );
+        let listener_overflow_total = IntCounterVec::new(
+            Opts::new(
+                "octopus_listener_overflow_total",
+                "Connections closed at accept because the listener's max_connections was reached.",
+            ),
+            &["listener"],
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "octopus_build_info",
@@ -180,6 +189,7 @@ impl Metrics {
             Box::new(config_generation.clone()),
             Box::new(connections_total.clone()),
             Box::new(connections_active.clone()),
+            Box::new(listener_overflow_total.clone()),
             Box::new(build_info),
             Box::new(dns_failures_total.clone()),
             Box::new(mirror_requests_total.clone()),
@@ -212,6 +222,8 @@ impl Metrics {
             config_generation,
             connections_total,
             connections_active,
+            listener_overflow_total,
+
             dns_failures_total,
             mirror_requests_total,
             upstream_retries_total,

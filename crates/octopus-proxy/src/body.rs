@@ -98,3 +98,72 @@ impl<B: http_body::Body, G> http_body::Body for Guarded<B, G> {
         self.inner.size_hint()
     }
 }
+
+/// The error a [`Limited`] body fails with once it passes its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than the route's max_request_body_bytes")]
+pub struct TooLarge;
+
+pin_project_lite::pin_project! {
+    /// A request body that fails with [`TooLarge`] once more than `limit` bytes passed.
+    pub struct Limited<B> {
+        #[pin]
+        inner: B,
+        left: u64,
+    }
+}
+
+impl<B> Limited<B> {
+    pub fn new(inner: B, limit: u64) -> Self {
+        Limited { inner, left: limit }
+    }
+}
+
+impl<B> http_body::Body for Limited<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if n > *this.left {
+                    return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                }
+                *this.left -= n;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whether a proxy error was caused by a [`Limited`] body passing its limit.
+pub fn is_too_large(e: &crate::ProxyError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if err.is::<TooLarge>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}

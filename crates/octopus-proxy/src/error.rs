@@ -52,6 +52,9 @@ pub enum ProxyError {
     Timeout { cluster: Option<Arc<str>> },
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The route's `max_request_body_bytes` was exceeded.
+    #[error("request body too large")]
+    BodyTooLarge,
 }
 
 /// Which cluster produced a response; set on every response that reached a cluster so
@@ -73,6 +76,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::IdentityNotAllowed => StatusCode::FORBIDDEN,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -89,6 +93,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::IdentityMismatch { .. } => "identity_mismatch",
             ProxyError::IdentityNotAllowed => "identity_not_allowed",
+            ProxyError::BodyTooLarge => "body_too_large",
         }
     }
 

@@ -102,7 +102,30 @@ pub(crate) async fn handle(
     }
     let upgrade = headers::is_upgrade_request(&req);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let mut req = req.map(body::boxed);
+    let max_body = match &target {
+        Target::Route(r) => r.max_body,
+        Target::Inbound(_) => None,
+    };
+    if let Some(limit) = max_body {
+        // A declared length over the limit is refused before anything is sent.
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            let resp = ProxyError::BodyTooLarge.into_response();
+            target
+                .metrics(None)
+                .record(resp.status().as_u16(), start.elapsed());
+            return resp;
+        }
+    }
+    let mut req = match max_body {
+        // A streamed body is cut off once it passes the limit (see `body::Limited`).
+        Some(limit) => req.map(|b| body::Body::new(body::Limited::new(b, limit))),
+        None => req.map(body::boxed),
+    };
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
     headers::append_forwarded_for(req.headers_mut(), peer.ip());
     if req.uri().authority().is_none() {
@@ -138,7 +161,11 @@ pub(crate) async fn handle(
         }
         Err(e) => {
             tracing::debug!(?dir, route = target.name(), error = %e, "request failed");
-            e.into_response()
+            if body::is_too_large(&e) {
+                ProxyError::BodyTooLarge.into_response()
+            } else {
+                e.into_response()
+            }
         }
     };
     let cluster = resp.extensions().get::<ServedBy>().map(|s| s.0.clone());

@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use octopus_config::ListenerLimits;
 use octopus_metrics::Metrics;
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,24 +25,29 @@ const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after an accept error (e.g. EMFILE) instead of spinning on it.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
-fn connection_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
+fn connection_builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        // A request head over these limits is answered 431 by hyper.
+        .max_buf_size(limits.max_header_bytes as usize)
+        .max_headers(limits.max_headers as usize);
     // Pings find HTTP/2 peers that vanished without closing their connection.
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes);
     builder
 }
 
 /// The settings of a listener that may change with a reload, read per connection.
 pub(crate) trait Settings: Send + Sync + 'static {
-    fn header_read_timeout(&self) -> Duration;
+    fn limits(&self) -> ListenerLimits;
     /// The TLS terminator for new connections, on TLS listeners.
     fn tls(&self) -> Option<Arc<octopus_tls::ServerTls>> {
         None
@@ -52,8 +58,11 @@ pub(crate) trait Settings: Send + Sync + 'static {
 pub(crate) struct Fixed;
 
 impl Settings for Fixed {
-    fn header_read_timeout(&self) -> Duration {
-        HEADER_READ_TIMEOUT
+    fn limits(&self) -> ListenerLimits {
+        ListenerLimits {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            ..ListenerLimits::default()
+        }
     }
 }
 
@@ -80,8 +89,11 @@ pub(crate) async fn serve<H, Fut>(
     H: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let mut current = settings.header_read_timeout();
-    let mut builder = connection_builder(current);
+    let mut current = settings.limits();
+    let mut builder = connection_builder(&current);
+    // Open connections, checked against `max_connections` at each accept.
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refused = metrics.listener_overflow_total.with_label_values(&[name]);
     let graceful = GracefulShutdown::new();
     let accepted = metrics.connections_total.with_label_values(&[name]);
     let active = metrics.connections_active.with_label_values(&[name]);
@@ -99,11 +111,19 @@ pub(crate) async fn serve<H, Fut>(
         };
         let _ = stream.set_nodelay(true);
         // Settings follow config reloads: rebuild the builder when they changed.
-        let wanted = settings.header_read_timeout();
+        let wanted = settings.limits();
         if wanted != current {
             current = wanted;
-            builder = connection_builder(current);
+            builder = connection_builder(&current);
         }
+        if open.load(std::sync::atomic::Ordering::Acquire) >= current.max_connections as usize {
+            // Over the limit: close at once rather than let connections pile up.
+            refused.inc();
+            drop(stream);
+            continue;
+        }
+        open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let open_guard = OpenConnection(open.clone());
         accepted.inc();
         active.inc();
         let (h, builder, watcher, active) = (
@@ -149,6 +169,7 @@ pub(crate) async fn serve<H, Fut>(
                 tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
             }
             active.dec();
+            drop(open_guard);
         });
     }
     drop(listener);
@@ -172,4 +193,13 @@ where
         let fut = h(req, info.clone());
         async move { Ok::<_, Infallible>(fut.await) }
     })
+}
+
+/// Releases a listener connection slot when the connection's task ends.
+struct OpenConnection(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }

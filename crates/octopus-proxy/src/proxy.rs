@@ -177,15 +177,15 @@ struct FromSnapshot {
 }
 
 impl listener::Settings for FromSnapshot {
-    fn header_read_timeout(&self) -> Duration {
+    fn limits(&self) -> octopus_config::ListenerLimits {
         let snap = self.shared.snapshot.load();
         let c = &snap.config;
-        let t = match self.kind {
-            Kind::Outbound => c.outbound.as_ref().map(|o| o.header_read_timeout),
-            Kind::Inbound => c.inbound.as_ref().map(|i| i.header_read_timeout),
+        let limits = match self.kind {
+            Kind::Outbound => c.outbound.as_ref().map(|o| o.limits()),
+            Kind::Inbound => c.inbound.as_ref().map(|i| i.limits()),
             Kind::Admin => None,
         };
-        t.map_or(Duration::from_secs(30), |t| t.get())
+        limits.unwrap_or_default()
     }
 
     fn tls(&self) -> Option<Arc<octopus_tls::ServerTls>> {

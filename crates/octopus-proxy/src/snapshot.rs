@@ -32,6 +32,8 @@ const INBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct Route {
     pub name: Arc<str>,
+    /// `max_request_body_bytes`, if set.
+    pub max_body: Option<u64>,
     pub service: BoxService,
     targets: Vec<(Arc<str>, TargetMetrics)>,
     /// For responses that name no cluster (e.g. the route timeout fired): the route's
@@ -169,6 +171,7 @@ impl Snapshot {
                         matcher,
                         Route {
                             name: r.name.as_str().into(),
+                            max_body: r.max_request_body_bytes,
                             service,
                             targets,
                             fallback,

@@ -1,0 +1,137 @@
+//! Client-facing limits: oversized or overlong request heads (431), too many
+//! connections (closed at accept), request bodies over a route's cap (413).
+
+use bytes::Bytes;
+use octopus_tests::*;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn proxy(listener_extra: &str, route_extra: &str, up: &Upstream) -> octopus_proxy::Proxy {
+    start(&format!(
+        "outbound:\n  listen: 127.0.0.1:0\n{listener_extra}  routes:\n    - name: r\n      match: {{ host: svc }}\n      cluster: svc\n{route_extra}clusters:\n{}",
+        cluster("svc", "http1", &[up.addr()])
+    ))
+    .await
+}
+
+/// Sends raw bytes and returns the status line of the answer ("" if closed).
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(request).await;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test]
+async fn oversized_and_overlong_heads_get_431() {
+    let up = Upstream::start("up").await;
+    let p = proxy("  max_header_bytes: 8192\n  max_headers: 10\n", "", &up).await;
+    let out = p.outbound_addr().unwrap();
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: svc\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    assert!(raw(out, big.as_bytes()).await.starts_with("HTTP/1.1 431"));
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: svc\r\n");
+    for i in 0..20 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert!(raw(out, many.as_bytes()).await.starts_with("HTTP/1.1 431"));
+    assert!(raw(out, b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert_eq!(up.hits(), 1, "refused heads never reach the upstream");
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_at_accept() {
+    let up = Upstream::start("up").await;
+    let p = proxy("  max_connections: 2\n", "", &up).await;
+    let out = p.outbound_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(out).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        held.push(s);
+    }
+    assert_eq!(
+        raw(out, b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n").await,
+        "",
+        "the third connection is closed"
+    );
+    let m = admin(&p, "/metrics").await.text();
+    assert!(
+        m.contains(r#"octopus_listener_overflow_total{listener="outbound"} 1"#),
+        "{m}"
+    );
+    // The held connections still work; closing one frees a slot.
+    held[0]
+        .write_all(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    assert!(held[0].read(&mut buf).await.unwrap() > 0);
+    held.pop();
+    assert!(
+        eventually(Duration::from_secs(2), async || raw(
+            out,
+            b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n"
+        )
+        .await
+        .starts_with("HTTP/1.1 200"))
+        .await
+    );
+}
+
+#[tokio::test]
+async fn request_bodies_over_the_route_cap_get_413() {
+    let up = Upstream::start("up").await;
+    let p = proxy("", "      max_request_body_bytes: 1024\n", &up).await;
+    let out = p.outbound_addr().unwrap();
+    let client = HttpClient::http1();
+    let post = |n: usize| {
+        http::Request::post(format!("http://{out}/echo-body"))
+            .header("host", "svc")
+            .body(http_body_util::Full::new(Bytes::from(vec![b'x'; n])))
+            .unwrap()
+    };
+    let r = client.send(post(2048)).await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (413, "request body too large\n".to_string())
+    );
+    assert_eq!(
+        up.hits(),
+        0,
+        "a declared length over the cap is refused before forwarding"
+    );
+    assert_eq!(client.send(post(512)).await.status, 200);
+
+    // A chunked body with no declared length is cut off when it passes the cap.
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(out).await.unwrap());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let req = http::Request::post("/delay/300")
+        .header("host", "svc")
+        .body(ChannelBody(rx))
+        .unwrap();
+    tx.send(Bytes::from(vec![b'y'; 800])).await.unwrap();
+    tx.send(Bytes::from(vec![b'y'; 800])).await.unwrap();
+    drop(tx);
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 413);
+}
