@@ -135,3 +135,78 @@ async fn request_bodies_over_the_route_cap_get_413() {
     let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 413);
 }
+
+#[tokio::test]
+async fn malformed_requests_are_refused_without_disturbing_others() {
+    let up = Upstream::start("up").await;
+    let p = proxy("", "", &up).await;
+    let out = p.outbound_addr().unwrap();
+    // A keep-alive client in the middle of its work the whole time.
+    let client = HttpClient::http1();
+    assert_eq!(client.get(out, "svc", "/", &[]).await.status, 200);
+
+    let cases: [(&str, &[u8]); 3] = [
+        ("garbage request line", b"GARBAGE\r\n\r\n"),
+        (
+            "invalid header byte",
+            b"GET / HTTP/1.1\r\nHost: svc\r\nX-Bad: a\x01b\r\n\r\n",
+        ),
+        (
+            "two different Content-Lengths",
+            b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        ),
+    ];
+    for (name, bytes) in cases {
+        let status = raw(out, bytes).await;
+        assert!(status.starts_with("HTTP/1.1 400"), "{name}: got {status:?}");
+    }
+    assert_eq!(up.hits(), 1, "no malformed request reached the upstream");
+
+    // Content-Length with Transfer-Encoding (the CL.TE smuggling shape): the chunked
+    // framing wins and octopus re-frames the request, so the upstream never sees the
+    // conflicting length and the bytes after the chunked body are not a hidden request.
+    let mut s = tokio::net::TcpStream::connect(out).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        !answer.contains("\"content-length\":\"5\""),
+        "the upstream saw the conflicting length: {answer}"
+    );
+
+    // A body cut short by the client: that request fails, nothing else does.
+    let mut s = tokio::net::TcpStream::connect(out).await.unwrap();
+    s.write_all(b"POST /echo-body HTTP/1.1\r\nHost: svc\r\nContent-Length: 100\r\n\r\nshort")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+
+    // An HTTP/2 protocol violation: the connection gets a GOAWAY frame.
+    let mut h2 = tokio::net::TcpStream::connect(out).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // A DATA frame on stream 0 is a connection error (RFC 9113 section 6.1).
+    h2.write_all(&[0, 0, 1, 0x0, 0, 0, 0, 0, 0, b'x'])
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), h2.read_to_end(&mut got)).await;
+    let goaway = got.windows(4).any(|w| w[3] == 0x7 && w[..3] == [0, 0, 8]);
+    assert!(goaway, "no GOAWAY in {got:?}");
+
+    for _ in 0..5 {
+        assert_eq!(
+            client.get(out, "svc", "/", &[]).await.status,
+            200,
+            "other clients are unaffected"
+        );
+    }
+}
