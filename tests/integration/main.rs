@@ -3,6 +3,7 @@
 
 mod admin;
 mod balancing;
+mod chaos;
 mod errors;
 mod limits;
 mod mtls;

@@ -59,6 +59,8 @@ pub struct Upstream {
     hits: Arc<AtomicUsize>,
     knobs: Arc<Knobs>,
     task: JoinHandle<()>,
+    /// Tasks of open connections, so `kill` can cut them like a crash would.
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Upstream {
@@ -94,6 +96,8 @@ impl Upstream {
         let name: Arc<str> = name.into();
         let h = hits.clone();
         let k = knobs.clone();
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let c = conns.clone();
         let task = tokio::spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             match protocols {
@@ -107,7 +111,7 @@ impl Upstream {
                 };
                 let (name, hits, knobs, builder) =
                     (name.clone(), h.clone(), k.clone(), builder.clone());
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         if req.uri().path() != "/healthz" {
                             hits.fetch_add(1, Ordering::SeqCst);
@@ -118,6 +122,9 @@ impl Upstream {
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });
+                let mut open = c.lock().unwrap_or_else(|p| p.into_inner());
+                open.retain(|h| !h.is_finished());
+                open.push(conn.abort_handle());
             }
         });
         Upstream {
@@ -125,6 +132,7 @@ impl Upstream {
             hits,
             knobs,
             task,
+            conns,
         }
     }
 
@@ -134,6 +142,20 @@ impl Upstream {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Crashes the server: stops accepting and drops every open connection at once
+    /// (in-flight requests see a reset). Start a new one on `addr()` to restart it.
+    pub fn kill(&self) {
+        self.task.abort();
+        for c in self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            c.abort();
+        }
     }
 
     /// Every later answer waits this long first (upgrades and health checks excepted).
