@@ -210,3 +210,39 @@ async fn malformed_requests_are_refused_without_disturbing_others() {
         );
     }
 }
+
+#[tokio::test]
+async fn http2_clients_are_told_the_stream_limit() {
+    let up = Upstream::start("up").await;
+    let p = proxy("  max_concurrent_streams: 7\n", "", &up).await;
+    let mut s = tokio::net::TcpStream::connect(p.outbound_addr().unwrap())
+        .await
+        .unwrap();
+    // Connection preface and an empty SETTINGS frame.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head[3], 0x4, "the server's first frame is SETTINGS");
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.unwrap();
+    let settings: Vec<(u16, u32)> = payload
+        .chunks(6)
+        .map(|c| {
+            (
+                u16::from_be_bytes([c[0], c[1]]),
+                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+            )
+        })
+        .collect();
+    assert!(
+        settings.contains(&(0x3, 7)),
+        "SETTINGS_MAX_CONCURRENT_STREAMS = 7 in {settings:?}"
+    );
+}

@@ -437,3 +437,47 @@ async fn curl_with_a_client_certificate() {
         "curl without a certificate got through"
     );
 }
+
+#[tokio::test]
+async fn min_version_1_2_admits_tls12_clients() {
+    let s = setup("tls12").await;
+    let client_cert = s.ca.issue(&s.dir, "frontend", &[FRONTEND], false);
+    let only13 = start(&inbound_yaml(
+        &s.app,
+        &s.server.cert,
+        &s.server.key,
+        &s.dir.join("ca.crt"),
+        &[],
+    ))
+    .await;
+    let with12 = start(
+        &(inbound_yaml(
+            &s.app,
+            &s.server.cert,
+            &s.server.key,
+            &s.dir.join("ca.crt"),
+            &[],
+        ) + "    min_version: \"1.2\"\n"),
+    )
+    .await;
+    let tls12_client = TlsClient::new_with_versions(
+        &s.ca.pem,
+        Some((&client_cert.cert_pem, &client_cert.key_pem)),
+        "payments.test",
+        &[&rustls::version::TLS12],
+    );
+    let works = async |addr| match tls12_client.connect(addr).await {
+        Ok(stream) => request_over(stream, false, get_req("payments.test", &[]))
+            .await
+            .is_ok_and(|r| r.status == 200),
+        Err(_) => false,
+    };
+    assert!(
+        !works(only13.inbound_addr().unwrap()).await,
+        "TLS 1.2 is refused by default"
+    );
+    assert!(
+        works(with12.inbound_addr().unwrap()).await,
+        "min_version 1.2 admits TLS 1.2"
+    );
+}

@@ -415,3 +415,41 @@ async fn max_connections_is_enforced_and_counted() {
     let ep = &admin(&proxy, "/clusters").await.json()["clusters"]["svc"]["endpoints"][0];
     assert_eq!(ep["outlier"], "closed");
 }
+
+#[tokio::test]
+async fn replay_limit_and_attempts_header_are_configurable() {
+    let (bad, good) = (Upstream::start("bad").await, Upstream::start("good").await);
+    bad.set_status(503);
+    let proxy = start(&route(
+        "      retry: { attempts: 2, retry_on: [gateway-error], non_idempotent: true, max_replay_bytes: 100, attempts_header: false, budget: { ratio: 1.0, min_per_second: 10 } }\n",
+        "",
+        &[bad.addr(), good.addr()],
+    ))
+    .await;
+    let client = HttpClient::http1();
+    // 50-byte bodies fit the 100-byte replay buffer: retried, and no header says so.
+    for _ in 0..10 {
+        let r = client
+            .send(post(
+                proxy.outbound_addr().unwrap(),
+                "/echo-body",
+                Bytes::from(vec![b'a'; 50]),
+            ))
+            .await;
+        assert_eq!(r.status, 200);
+        assert!(r.headers.get("x-octopus-attempts").is_none());
+    }
+    // 200-byte bodies do not fit: one try each, so half of them meet the 503.
+    let mut failed = 0;
+    for _ in 0..10 {
+        let r = client
+            .send(post(
+                proxy.outbound_addr().unwrap(),
+                "/echo-body",
+                Bytes::from(vec![b'b'; 200]),
+            ))
+            .await;
+        failed += usize::from(r.status == 503);
+    }
+    assert_eq!(failed, 5);
+}

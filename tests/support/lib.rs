@@ -418,6 +418,26 @@ impl TlsClient {
         server_name: &str,
         alpn: &[&[u8]],
     ) -> TlsClient {
+        Self::build(ca_pem, client, server_name, alpn, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// As [`TlsClient::new`] (HTTP/1.1), limited to the given TLS versions.
+    pub fn new_with_versions(
+        ca_pem: &str,
+        client: Option<(&str, &str)>,
+        server_name: &str,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> TlsClient {
+        Self::build(ca_pem, client, server_name, &[b"http/1.1"], versions)
+    }
+
+    fn build(
+        ca_pem: &str,
+        client: Option<(&str, &str)>,
+        server_name: &str,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> TlsClient {
         use rustls::pki_types::pem::PemObject;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
@@ -425,7 +445,7 @@ impl TlsClient {
             roots.add(c.unwrap()).unwrap();
         }
         let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots);
         let mut config = match client {
