@@ -110,16 +110,6 @@ impl ProxyError {
         }
     }
 
-    /// Whether sending the same request again could succeed (used by the retry layer).
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::ConnectFailed { .. }
-                | ProxyError::UpstreamReset { .. }
-                | ProxyError::NoHealthyEndpoint { .. }
-        )
-    }
-
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
         let reason = match &self {

@@ -131,7 +131,7 @@ pub(crate) async fn handle(
     if req.uri().authority().is_none() {
         if let Some(uri) = authority
             .as_ref()
-            .and_then(|a| headers::upstream_uri(Some(a), req.uri(), ""))
+            .and_then(|a| headers::upstream_uri(a, req.uri()))
         {
             *req.uri_mut() = uri;
         }

@@ -103,16 +103,11 @@ pub fn route_host(authority: &http::uri::Authority) -> &str {
 
 /// `http://<authority><path?query>`: the form the upstream client needs; the chosen
 /// endpoint's address is dialled regardless of this authority.
-pub fn upstream_uri(
-    authority: Option<&http::uri::Authority>,
-    original: &Uri,
-    fallback: &str,
-) -> Option<Uri> {
+pub fn upstream_uri(authority: &http::uri::Authority, original: &Uri) -> Option<Uri> {
     let pq = original.path_and_query().map_or("/", |p| p.as_str());
-    let auth = authority.map_or(fallback, |a| a.as_str());
     Uri::builder()
         .scheme("http")
-        .authority(auth)
+        .authority(authority.clone())
         .path_and_query(pq)
         .build()
         .ok()
@@ -176,7 +171,7 @@ mod tests {
             .unwrap();
         let a = authority(&req).unwrap();
         assert_eq!(route_host(&a), "Payments");
-        let uri = upstream_uri(Some(&a), req.uri(), "1.2.3.4:1").unwrap();
+        let uri = upstream_uri(&a, req.uri()).unwrap();
         assert_eq!(uri.to_string(), "http://Payments:8080/x");
         let v6: http::uri::Authority = "[::1]:80".parse().unwrap();
         assert_eq!(route_host(&v6), "::1");

@@ -197,9 +197,10 @@ impl Service<Request<Body>> for Balancer {
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let set = self.members.load();
         let attempted = req.extensions().get::<Attempted>().cloned();
+        // Read the tried list once: it is behind a lock shared with the retry layer.
+        let tried = attempted.as_ref().map(Attempted::tried).unwrap_or_default();
         let picked = match &attempted {
-            Some(a) if !a.tried().is_empty() => {
-                let tried = a.tried();
+            Some(_) if !tried.is_empty() => {
                 let fresh: Vec<Member> = set
                     .available()
                     .iter()
