@@ -246,3 +246,152 @@ async fn http2_clients_are_told_the_stream_limit() {
         "SETTINGS_MAX_CONCURRENT_STREAMS = 7 in {settings:?}"
     );
 }
+
+#[tokio::test]
+async fn hostile_upstreams_fail_only_their_own_request() {
+    use octopus_testkit::{malicious_server, Misbehaviour};
+    let good = Upstream::start("good").await;
+    let (huge, _t1) = malicious_server(Misbehaviour::HugeHead(100 * 1024)).await;
+    let (endless, _t2) = malicious_server(Misbehaviour::EndlessHeaders).await;
+    let (garbage, _t3) = malicious_server(Misbehaviour::Garbage).await;
+    let (short, _t4) = malicious_server(Misbehaviour::ShortBody).await;
+    let mut routes = String::new();
+    let mut clusters = String::new();
+    for (name, addr) in [
+        ("huge", huge),
+        ("endless", endless),
+        ("garbage", garbage),
+        ("short", short),
+        ("good", good.addr()),
+    ] {
+        routes.push_str(&format!(
+            "    - name: {name}\n      match: {{ host: {name} }}\n      cluster: {name}\n      timeout: 5s\n"
+        ));
+        clusters.push_str(&cluster(name, "http1", &[addr]));
+    }
+    let p = start(&format!(
+        "outbound:\n  listen: 127.0.0.1:0\n  routes:\n{routes}clusters:\n{clusters}"
+    ))
+    .await;
+    let out = p.outbound_addr().unwrap();
+
+    // A client of the good service keeps one connection open throughout.
+    let client = HttpClient::http1();
+    assert_eq!(client.get(out, "good", "/", &[]).await.status, 200);
+    for host in ["huge", "endless", "garbage"] {
+        let r = tokio::time::timeout(Duration::from_secs(4), get(out, host, "/"))
+            .await
+            .unwrap_or_else(|_| panic!("{host}: no answer"));
+        assert_eq!(r.status, 502, "{host}: {}", r.text());
+        assert_eq!(r.headers["x-octopus-error"], "bad_response", "{host}");
+        assert_eq!(client.get(out, "good", "/", &[]).await.status, 200);
+    }
+
+    // A body cut short after the head was forwarded: the client must see the
+    // truncation (connection closed early), never a complete-looking response.
+    let mut s = tokio::net::TcpStream::connect(out).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: short\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(4), s.read_to_end(&mut got))
+        .await
+        .expect("the proxy closes the client connection")
+        .ok();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert!(
+        body.len() < 1000,
+        "a truncated body is not completed: {text}"
+    );
+
+    assert_eq!(client.get(out, "good", "/", &[]).await.status, 200);
+    let m = admin(&p, "/metrics").await.text();
+    for host in ["huge", "endless", "garbage"] {
+        let line = format!(
+            r#"octopus_requests_total{{cluster="{host}",code="502",direction="outbound",route="{host}"}} 1"#
+        );
+        assert!(m.contains(&line), "{line} missing from\n{m}");
+    }
+}
+
+/// The soft limit on open files of this process, which hosts clients, proxy and
+/// upstream at once.
+fn open_file_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twice_the_connection_limit_keeps_the_first_half_served() {
+    // 1000 of 2000 as the issue asks; fewer only where this process may not open
+    // the ~5 descriptors per admitted connection the test needs.
+    let limit = 1000.min(open_file_limit() / 5);
+    let up = Upstream::start("up").await;
+    let p = proxy(&format!("  max_connections: {limit}\n"), "", &up).await;
+    let out = p.outbound_addr().unwrap();
+    let req = b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n";
+
+    async fn answered(s: &mut tokio::net::TcpStream, req: &[u8]) -> bool {
+        if s.write_all(req).await.is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 1024];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await,
+            Ok(Ok(n)) if n > 0 && buf.starts_with(b"HTTP/1.1 200")
+        )
+    }
+
+    let mut admitted = Vec::with_capacity(limit);
+    for _ in 0..limit {
+        let mut s = tokio::net::TcpStream::connect(out).await.unwrap();
+        assert!(answered(&mut s, req).await, "a connection within the limit");
+        admitted.push(s);
+    }
+    // As many again, all at once: each is closed at accept, none is served.
+    let excess = futures_util::future::join_all((0..limit).map(|_| async move {
+        match tokio::net::TcpStream::connect(out).await {
+            Ok(mut s) => answered(&mut s, req).await,
+            Err(_) => false,
+        }
+    }))
+    .await;
+    assert_eq!(excess.iter().filter(|ok| **ok).count(), 0);
+    // The admin port answers, and every admitted connection is still served.
+    assert_eq!(admin(&p, "/live").await.status, 200);
+    let m = admin(&p, "/metrics").await.text();
+    let overflow = format!(r#"octopus_listener_overflow_total{{listener="outbound"}} {limit}"#);
+    assert!(m.contains(&overflow), "{overflow} missing");
+    for s in admitted.iter_mut() {
+        assert!(
+            answered(s, req).await,
+            "an admitted connection after the burst"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refused_response_head_is_retried_elsewhere_as_a_gateway_error() {
+    use octopus_testkit::{malicious_server, Misbehaviour};
+    let good = Upstream::start("good").await;
+    let (huge, _t) = malicious_server(Misbehaviour::HugeHead(100 * 1024)).await;
+    let p = start(&format!(
+        "outbound:\n  listen: 127.0.0.1:0\n  routes:\n    - name: r\n      match: {{ host: svc }}\n      cluster: svc\n      retry: {{ attempts: 2, retry_on: [gateway-error], backoff: {{ base: 1ms, max: 2ms }}, budget: {{ ratio: 1.0, min_per_second: 100 }} }}\nclusters:\n{}",
+        cluster("svc", "http1", &[huge, good.addr()])
+    ))
+    .await;
+    let out = p.outbound_addr().unwrap();
+    for _ in 0..10 {
+        let r = get(out, "svc", "/").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(good.hits(), 10);
+}

@@ -157,6 +157,18 @@ clusters:
     }
 
     #[test]
+    fn response_head_limits_have_floors() {
+        let e = errors("clusters:\n  c:\n    endpoints: [127.0.0.1:2]\n    max_response_header_bytes: 100\n    max_response_headers: 0\n");
+        assert_eq!(
+            e,
+            [
+                "line 4: clusters.c.max_response_header_bytes: must be at least 8192",
+                "line 5: clusters.c.max_response_headers: must be at least 1"
+            ]
+        );
+    }
+
+    #[test]
     fn unimplemented_keys_are_refused() {
         let e = errors("inbound:\n  listen: 127.0.0.1:1\n  forward_to: app.local:80\n");
         assert_eq!(e, ["line 3: inbound.forward_to: a DNS name here (use an IP address such as 127.0.0.1) is not supported yet by this octopus version"]);

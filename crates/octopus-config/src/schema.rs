@@ -213,6 +213,13 @@ pub struct ClusterConfig {
     pub health_check: Option<HealthCheckConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTlsConfig>,
+    /// Largest response head (status line and headers) accepted from an endpoint;
+    /// a larger or endless one fails that request with 502.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_response_header_bytes: u32,
+    /// Most response header fields accepted from an endpoint (HTTP/1.1).
+    #[serde(default = "defaults::max_headers")]
+    pub max_response_headers: u32,
 }
 
 /// `10.0.0.11:8080` or `{ address: 10.0.0.12:8080, weight: 3 }`.

@@ -311,6 +311,16 @@ impl Checker {
                 "must be at least 100ms",
             );
         }
+        // hyper's HTTP/1.1 read buffer cannot be smaller than 8 KiB.
+        if c.max_response_header_bytes < 8192 {
+            self.err(
+                format!("{p}.max_response_header_bytes"),
+                "must be at least 8192",
+            );
+        }
+        if c.max_response_headers == 0 {
+            self.err(format!("{p}.max_response_headers"), "must be at least 1");
+        }
         let mut seen = HashSet::new();
         for (i, e) in c.endpoints.iter().enumerate() {
             let ep = format!("{p}.endpoints[{i}]");

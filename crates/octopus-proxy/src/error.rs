@@ -19,8 +19,7 @@ pub enum ProxyError {
         #[source]
         source: BoxError,
     },
-    /// The connection failed after the request was sent: reset, closed early, or a
-    /// response hyper could not parse.
+    /// The connection failed after the request was sent: reset or closed early.
     #[error("upstream reset")]
     UpstreamReset {
         cluster: Arc<str>,
@@ -34,6 +33,8 @@ pub enum ProxyError {
         cluster: Arc<str>,
         limit: &'static str,
     },
+    /// The upstream answered with a head hyper refused (malformed, too large) or
+    /// one that cannot be forwarded.
     #[error("bad upstream response: {reason}")]
     BadResponse {
         cluster: Arc<str>,

@@ -7,7 +7,7 @@
 //! but takes over the endpoints (pools, counters, health) whose address stays.
 
 pub use crate::cluster::{BuildContext, Cluster};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, Settings};
 use crate::mirror::MirrorLayer;
 use crate::retry::RetryLayer;
 use crate::router::{Matcher, Router};
@@ -203,8 +203,7 @@ impl Snapshot {
                     let ep = Endpoint::new(
                         name.clone(),
                         forward_to,
-                        inb.app_protocol,
-                        INBOUND_CONNECT_TIMEOUT,
+                        Settings::new(inb.app_protocol, INBOUND_CONNECT_TIMEOUT),
                         None,
                         None,
                     );
@@ -218,6 +217,8 @@ impl Snapshot {
                         outlier_detection: None,
                         health_check: None,
                         tls: None,
+                        max_response_header_bytes: 64 * 1024,
+                        max_response_headers: 100,
                     };
                     Cluster::single(LOCAL_APP, spec, ep)
                 });

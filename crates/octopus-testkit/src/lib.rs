@@ -239,6 +239,66 @@ pub async fn resetting_server() -> (SocketAddr, JoinHandle<()>) {
     (addr, task)
 }
 
+/// What a [`malicious_server`] answers to every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misbehaviour {
+    /// A valid status line followed by this many bytes of header fields.
+    HugeHead(usize),
+    /// Header fields forever, a line at a time, until the peer goes away.
+    EndlessHeaders,
+    /// Bytes that are not an HTTP response.
+    Garbage,
+    /// A 200 with `Content-Length: 1000` and only 10 bytes of body, then a close.
+    ShortBody,
+}
+
+/// A hostile HTTP/1.1 upstream: reads a request head, then misbehaves as told.
+pub async fn malicious_server(how: Misbehaviour) -> (SocketAddr, JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind ephemeral port");
+    let addr = l.local_addr().expect("bound listener has an address");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if s.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                match how {
+                    Misbehaviour::HugeHead(n) => {
+                        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+                        let line = format!("x-filler: {}\r\n", "a".repeat(990));
+                        while head.len() < n {
+                            head.extend_from_slice(line.as_bytes());
+                        }
+                        head.extend_from_slice(b"content-length: 0\r\n\r\n");
+                        let _ = s.write_all(&head).await;
+                    }
+                    Misbehaviour::EndlessHeaders => {
+                        let line = format!("x-more: {}\r\n", "b".repeat(1000));
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\n").await;
+                        while s.write_all(line.as_bytes()).await.is_ok() {}
+                    }
+                    Misbehaviour::Garbage => {
+                        let _ = s.write_all(b"\x00\x01 this is not HTTP \xff\r\n\r\n").await;
+                    }
+                    Misbehaviour::ShortBody => {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
+                            .await;
+                        return;
+                    }
+                }
+                // Keep the socket until the proxy gives up, so the proxy, not the
+                // close, decides the outcome.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
 fn full(b: impl Into<Bytes>) -> TestBody {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }

@@ -238,6 +238,7 @@ impl Service<Request<Body>> for Balancer {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
+    use crate::endpoint::Settings;
     use octopus_config::Protocol;
     use std::time::Duration;
 
@@ -250,8 +251,7 @@ pub(crate) mod testing {
                 endpoint: Endpoint::new(
                     "test".into(),
                     std::net::SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
-                    Protocol::Http1,
-                    Duration::from_secs(1),
+                    Settings::new(Protocol::Http1, Duration::from_secs(1)),
                     None,
                     None,
                 ),

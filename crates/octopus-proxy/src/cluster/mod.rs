@@ -10,7 +10,7 @@ pub use dns::{Resolve, SystemResolver};
 
 use crate::balance::{Balancer, Member, Membership};
 use crate::breaker::{LimitLayer, Limits};
-use crate::endpoint::{Endpoint, EndpointStats};
+use crate::endpoint::{Endpoint, EndpointStats, Settings};
 use crate::outlier::Outlier;
 use crate::snapshot::CompileError;
 use crate::BoxService;
@@ -88,6 +88,8 @@ impl EndpointPool {
                 && p.spec.connect_timeout == spec.connect_timeout
                 && p.spec.circuit_breaker == spec.circuit_breaker
                 && p.spec.tls == spec.tls
+                && p.spec.max_response_header_bytes == spec.max_response_header_bytes
+                && p.spec.max_response_headers == spec.max_response_headers
         });
         let limits = match compatible {
             Some(p) => p.limits.clone(),
@@ -141,8 +143,7 @@ impl EndpointPool {
                 Endpoint::new(
                     cluster.clone(),
                     addr,
-                    spec.protocol,
-                    spec.connect_timeout.get(),
+                    Settings::of(spec),
                     limits.clone(),
                     tls.clone(),
                 )

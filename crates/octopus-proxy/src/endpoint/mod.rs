@@ -60,24 +60,62 @@ pub struct EndpointStats {
     pub failures_total: u64,
 }
 
+/// How an endpoint's connections are made and what they accept from the upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub protocol: Protocol,
+    pub connect_timeout: Duration,
+    /// Largest response head; hyper refuses a larger (or endless) one, which fails
+    /// that one request with 502.
+    pub max_response_header_bytes: u32,
+    pub max_response_headers: u32,
+}
+
+impl Settings {
+    /// The defaults of the config schema for everything but protocol and timeout.
+    pub fn new(protocol: Protocol, connect_timeout: Duration) -> Self {
+        Settings {
+            protocol,
+            connect_timeout,
+            max_response_header_bytes: 64 * 1024,
+            max_response_headers: 100,
+        }
+    }
+
+    pub fn of(spec: &octopus_config::ClusterConfig) -> Self {
+        Settings {
+            protocol: spec.protocol,
+            connect_timeout: spec.connect_timeout.get(),
+            max_response_header_bytes: spec.max_response_header_bytes,
+            max_response_headers: spec.max_response_headers,
+        }
+    }
+}
+
+/// hyper asserts its HTTP/1.1 read buffer is at least this large.
+const MIN_READ_BUF: usize = 8192;
+
 impl Endpoint {
     pub fn new(
         cluster: Arc<str>,
         addr: SocketAddr,
-        protocol: Protocol,
-        connect_timeout: Duration,
+        settings: Settings,
         limits: Option<Arc<Limits>>,
         tls: Option<Arc<ClientTls>>,
     ) -> Arc<Self> {
+        let protocol = settings.protocol;
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new());
+            .timer(TokioTimer::new())
+            .http1_max_buf_size((settings.max_response_header_bytes as usize).max(MIN_READ_BUF))
+            .http1_max_headers(settings.max_response_headers as usize)
+            .http2_max_header_list_size(settings.max_response_header_bytes);
         if protocol == Protocol::Http2 {
             builder.http2_only(true);
         }
-        let client = builder.build(Connector::new(addr, connect_timeout, limits, tls));
+        let client = builder.build(Connector::new(addr, settings.connect_timeout, limits, tls));
         let authority = addr
             .to_string()
             .parse()
@@ -317,6 +355,10 @@ impl tower::Service<Request<Body>> for EndpointService {
                         }
                         _ => {}
                     }
+                    if let Some(reason) = unparsable_response(&e) {
+                        tracing::warn!(%cluster, %endpoint, reason, "refused an upstream response");
+                        return Err(ProxyError::BadResponse { cluster, reason });
+                    }
                     let connect = e.is_connect();
                     let source: BoxError = Box::new(e);
                     tracing::debug!(%cluster, %endpoint, error = %error_chain(&*source), "upstream request failed");
@@ -337,6 +379,25 @@ impl tower::Service<Request<Body>> for EndpointService {
             }
         })
     }
+}
+
+/// Why hyper refused the upstream's response head, if it did: an operator should
+/// see "too large" or "malformed", not a reset.
+fn unparsable_response(e: &hyper_util::client::legacy::Error) -> Option<&'static str> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            return if h.is_parse_too_large() {
+                Some("response head too large")
+            } else if h.is_parse() {
+                Some("malformed response head")
+            } else {
+                None
+            };
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Our connector's error inside a client error, if the connect step failed.

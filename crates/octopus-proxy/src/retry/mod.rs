@@ -96,6 +96,9 @@ fn judge(
         Err(ProxyError::Timeout { .. }) => per_try_expired,
         Err(ProxyError::ConnectFailed { .. }) => wants(RetryOn::ConnectFailure),
         Err(ProxyError::UpstreamReset { .. }) => wants(RetryOn::Reset),
+        // The endpoint's answer was unusable (malformed, oversized head): octopus
+        // would answer 502 for it, so it counts as a gateway error.
+        Err(ProxyError::BadResponse { .. }) => wants(RetryOn::GatewayError),
         Err(_) => false,
     };
     if retry {
