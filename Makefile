@@ -5,7 +5,7 @@ CARGO ?= cargo
 DEMO_UPSTREAMS = payments-v1-a=127.0.0.1:18081 payments-v1-b=127.0.0.1:18082 \
                  payments-v2=127.0.0.1:18083 catalog=127.0.0.1:18084 local-app=127.0.0.1:18090
 
-.PHONY: all build run test fmt lint check-config clean bench
+.PHONY: all build run test fmt lint check-config clean bench chaos soak fuzz
 
 all: build
 
@@ -44,3 +44,22 @@ bench:
 	@python3 -c 'import matplotlib' 2>/dev/null || pip install --quiet matplotlib
 	$(CARGO) build --release --workspace --bins
 	python3 bench/run.py
+
+## chaos: the chaos scenarios (crash/restart, hang, resets, reload storm, cert rotation) on a release build
+chaos:
+	$(CARGO) test --release -p octopus --test chaos -- --nocapture
+
+## soak: 10 minutes of mixed load, reloads, upstream restarts and cert rotation; prints a line per minute
+SOAK_MINUTES ?= 10
+soak:
+	$(CARGO) build --release -p octopus --bin octopus -p octopus-tests --bin octopus-soak
+	OCTOPUS_BIN=target/release/octopus ./target/release/octopus-soak --minutes $(SOAK_MINUTES)
+
+## fuzz: each cargo-fuzz target for FUZZ_SECONDS (libFuzzer; nightly if present, else stable with RUSTC_BOOTSTRAP)
+FUZZ_SECONDS ?= 120
+FUZZ_TOOLCHAIN := $(shell rustup toolchain list 2>/dev/null | grep -q '^nightly' && echo +nightly)
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@mkdir -p fuzz/corpus/router
+	$(if $(FUZZ_TOOLCHAIN),,RUSTC_BOOTSTRAP=1) $(CARGO) $(FUZZ_TOOLCHAIN) fuzz run -O config fuzz/corpus/config -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
+	$(if $(FUZZ_TOOLCHAIN),,RUSTC_BOOTSTRAP=1) $(CARGO) $(FUZZ_TOOLCHAIN) fuzz run -O router fuzz/corpus/router -- -max_total_time=$(FUZZ_SECONDS)

@@ -297,3 +297,25 @@ async fn mirror_copies_a_sample_and_never_affects_the_client() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_client_cannot_pass_a_real_request_off_as_shadow_traffic() {
+    let up = Upstream::start("primary").await;
+    let proxy = start(&format!(
+        "outbound:\n  listen: 127.0.0.1:0\n  routes:\n    - name: r\n      match: {{ host: svc }}\n      cluster: primary\nclusters:\n{}",
+        cluster("primary", "http1", &[up.addr()])
+    ))
+    .await;
+    let r = HttpClient::http1()
+        .get(
+            proxy.outbound_addr().unwrap(),
+            "svc",
+            "/",
+            &[("x-octopus-shadow", "true")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let seen = r.json();
+    assert!(seen["headers"]["host"].is_string(), "{seen}");
+    assert!(seen["headers"].get("x-octopus-shadow").is_none(), "{seen}");
+}

@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 pub use octopus_testkit::{closing_server, dead_address, resetting_server, Protocols, Upstream};
 
+pub mod chaos;
+
 /// Parses and validates control-file text like a real file. Unless the text sets
 /// `admin:`, the admin listener goes on an ephemeral port so tests can run in parallel.
 pub fn parse(yaml: &str) -> octopus_config::Config {

@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod locate;
 mod schema;
 mod types;

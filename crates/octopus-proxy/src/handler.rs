@@ -127,6 +127,12 @@ pub(crate) async fn handle(
         None => req.map(body::boxed),
     };
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    // Only octopus' mirror marks a copy as shadow traffic: the local app cannot make
+    // a real request look like one. Inbound keeps it, so the copy a peer's mirror
+    // sent still reaches the shadow app marked.
+    if dir == Direction::Outbound {
+        req.headers_mut().remove(crate::mirror::SHADOW_HEADER);
+    }
     headers::append_forwarded_for(req.headers_mut(), peer.ip());
     if req.uri().authority().is_none() {
         if let Some(uri) = authority

@@ -52,6 +52,9 @@ struct Knobs {
     health: AtomicU16,
     /// When non-zero, every answer but health checks has this status.
     status: AtomicU16,
+    /// Every other new connection is reset once its first request arrives, and the
+    /// others close after one answer, so the resets go on for as long as it is set.
+    reset_half: std::sync::atomic::AtomicBool,
 }
 
 pub struct Upstream {
@@ -105,10 +108,22 @@ impl Upstream {
                 Protocols::Http2Only => builder = builder.http2_only(),
                 Protocols::Http1Only => builder = builder.http1_only(),
             }
+            let mut accepted = 0u64;
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((mut stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted += 1;
+                if k.reset_half.load(Ordering::SeqCst) && accepted % 2 == 1 {
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 4096];
+                        let _ = stream.read(&mut buf).await;
+                        // Linger 0 turns the close into a reset.
+                        #[allow(deprecated)]
+                        let _ = stream.set_linger(Some(Duration::ZERO));
+                    });
+                    continue;
+                }
                 let (name, hits, knobs, builder) =
                     (name.clone(), h.clone(), k.clone(), builder.clone());
                 let conn = tokio::spawn(async move {
@@ -169,6 +184,12 @@ impl Upstream {
     /// behaviour.
     pub fn set_status(&self, status: u16) {
         self.knobs.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Resets every other new connection after its first request arrives, and closes
+    /// the rest after one answer (see `Knobs::reset_half`); `false` stops it.
+    pub fn set_reset_half(&self, on: bool) {
+        self.knobs.reset_half.store(on, Ordering::SeqCst);
     }
 
     /// The status `/healthz` answers from now on.
@@ -309,6 +330,7 @@ async fn respond(
     mut req: Request<Incoming>,
 ) -> Result<Response<TestBody>, Infallible> {
     let path = req.uri().path().to_string();
+    let req_is_http1 = req.version() == http::Version::HTTP_11;
     let delay = knobs.delay_ms.load(Ordering::SeqCst);
     if delay > 0 && path != "/healthz" && !req.headers().contains_key(header::UPGRADE) {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -346,6 +368,11 @@ async fn respond(
     }
     if let Ok(v) = HeaderValue::from_str(&name) {
         resp.headers_mut().insert("x-upstream", v);
+    }
+    if knobs.reset_half.load(Ordering::SeqCst) && req_is_http1 {
+        // One answer per connection keeps new connections, and so resets, coming.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     Ok(resp)
 }
