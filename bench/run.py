@@ -13,6 +13,7 @@ BENCH = os.path.join(ROOT, "bench")
 REL = os.path.join(ROOT, "target", "release")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECS = int(os.environ.get("BENCH_SECONDS", "5"))
+S3_SECS = int(os.environ.get("BENCH_FIXED_RATE_SECONDS", "30"))
 SERVER_CPU, LOAD_CPU = "0", "1"
 
 TARGETS = {  # name -> (HTTP/1.1 URL, h2c URL)
@@ -101,18 +102,63 @@ def h2load(url):
     return {"rps": float(m.group(1)) if m else 0.0, "failed": int(ok.group(2)) if ok else -1}
 
 
+def make_certs(run):
+    """A CA, a server certificate (SPIFFE URI + DNS SAN) and a client certificate,
+    EC P-256, with openssl, for scenario 6."""
+    def ossl(*args):
+        r = sh(["openssl", *args], cwd=run)
+        if r.returncode != 0:
+            raise SystemExit(f"openssl {' '.join(args)}: {r.stderr}")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    ossl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=bench-ca",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    for name, san in [("server", "URI:spiffe://bench.local/ns/default/sa/svc,DNS:svc.bench.local"),
+                      ("client", "URI:spiffe://bench.local/ns/default/sa/client")]:
+        ossl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        with open(os.path.join(run, f"{name}.ext"), "w") as f:
+            f.write(f"subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n")
+        ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "2", "-out", f"{name}.crt", "-extfile", f"{name}.ext")
+
+
+def substituted(run, name):
+    """bench/NAME with RUNDIR replaced, written into the run directory."""
+    out = os.path.join(run, name)
+    with open(os.path.join(BENCH, name)) as f:
+        open(out, "w").write(f.read().replace("RUNDIR", run))
+    return out
+
+
+def oha_fixed_rate(url, rate=1000, secs=None):
+    """Scenario 3: open-loop fixed rate with latency correction (latency counted from
+    when each request was due, so a stall is not hidden by coordinated omission)."""
+    secs = secs or S3_SECS
+    r = sh(["taskset", "-c", LOAD_CPU, "oha", "--no-tui", "--output-format", "json", "-z", f"{secs}s", "-q", str(rate),
+            "--latency-correction", "-c", "16", "-H", "Host: svc", url + "/"])
+    try:
+        import json
+        j = json.loads(r.stdout)
+    except ValueError:
+        raise SystemExit(f"oha failed: {r.stderr or r.stdout}")
+    p = j["latencyPercentiles"]
+    ok = sum(v for k, v in j.get("statusCodeDistribution", {}).items() if k == "200")
+    return {"p50": p["p50"] * 1000, "p99": p["p99"] * 1000, "max": j["summary"]["slowest"] * 1000,
+            "rps": j["summary"]["requestsPerSec"], "ok": ok, "total": sum(j.get("statusCodeDistribution", {}).values())}
+
+
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
 def main():
-    for tool in ["wrk", "h2load", "nginx", "haproxy", "taskset"]:
+    for tool in ["wrk", "h2load", "nginx", "haproxy", "taskset", "oha", "openssl"]:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: run `make bench`, which installs it")
     run = tempfile.mkdtemp(prefix="octopus-bench-")
     nginx_conf = os.path.join(run, "nginx.conf")
     with open(os.path.join(BENCH, "nginx.conf")) as f:
         open(nginx_conf, "w").write(f.read().replace("RUNDIR", run))
+    make_certs(run)
     try:
         start("upstream", [os.path.join(REL, "octopus-demo-upstreams"), "svc=127.0.0.1:28081"])
         wait_port(28081)
@@ -122,12 +168,18 @@ def main():
             "haproxy": start("haproxy", ["haproxy", "-f", os.path.join(BENCH, "haproxy.cfg")]),
         }
         layered = start("octopus-layers", [os.path.join(REL, "octopus"), "run", "--worker-threads", "1", "--config", os.path.join(BENCH, "octopus-layers.yaml")])
-        for port in (25001, 25002, 25101, 25102, 25201, 25202):
+        mtls = {
+            "octopus": start("octopus-mtls", [os.path.join(REL, "octopus"), "run", "--worker-threads", "1", "--config", substituted(run, "octopus-mtls.yaml")]),
+            "nginx": start("nginx-mtls", ["nginx", "-c", substituted(run, "nginx-mtls.conf"), "-p", run]),
+        }
+        mtls_urls = {"octopus": "http://127.0.0.1:25011", "nginx": "http://127.0.0.1:25111"}
+        for port in (25001, 25002, 25101, 25102, 25201, 25202, 25011, 25016, 25111, 25116):
             wait_port(port)
         time.sleep(0.5)
         idle = {n: sum(status_kib(p, "VmRSS") for p in tree_pids(procs[n].pid)) for n in procs}
 
-        results = {s: {t: [] for t in TARGETS} for s in ("h1", "h2", "big")}
+        results = {s: {t: [] for t in TARGETS} for s in ("h1", "h2", "big", "rate")}
+        results["mtls"] = {t: [] for t in mtls}
         layers = {"bare": [], "all layers": []}
         for r in range(ROUNDS):
             for t, (h1, h2) in TARGETS.items():
@@ -141,6 +193,12 @@ def main():
                 gb = big["mbs"] * SECS / 1000
                 big["cpu_per_gb"] = (after - before) / gb if pid and gb else float("nan")
                 results["big"][t].append(big)
+            for t, url in mtls_urls.items():
+                print(f"round {r + 1}/{ROUNDS} {t} mTLS hop", file=sys.stderr)
+                results["mtls"][t].append(wrk(url))
+            for t, (h1, _) in TARGETS.items():
+                print(f"round {r + 1}/{ROUNDS} {t} fixed rate", file=sys.stderr)
+                results["rate"][t].append(oha_fixed_rate(h1))
             layers["bare"].append(wrk(TARGETS["octopus"][0])["rps"])
             layers["all layers"].append(wrk("http://127.0.0.1:25002")["rps"])
 
@@ -165,6 +223,8 @@ def main():
             "haproxy": sh(["haproxy", "-v"]).stdout.splitlines()[0],
             "wrk": sh(["wrk", "--version"]).stdout.splitlines()[0] if sh(["wrk", "--version"]).stdout else "wrk (Debian)",
             "h2load": sh(["h2load", "--version"]).stdout.strip(),
+            "oha": sh(["oha", "--version"]).stdout.strip(),
+            "openssl": sh(["openssl", "version"]).stdout.strip(),
             "octopus": sh([os.path.join(REL, "octopus"), "--version"]).stdout.strip(),
         }
     finally:
@@ -191,6 +251,16 @@ def report(results, layers, idle, conns_rss, versions):
         r = med("h2", t, "rps")
         failed = sum(x["failed"] for x in results["h2"][t])
         lines.append(f"| {t} | {r:,.0f} | {r / o2:.2f} | {failed} |")
+    lines += ["", f"## Scenario 3: fixed rate, 1000 req/s for {S3_SECS} s, latency-corrected (`oha -q 1000 --latency-correction -c 16`)", "",
+              "Added latency = the target's percentile minus the direct connection's, same round, then the median over rounds.", "",
+              "| target | p50 ms | p99 ms | max ms | added p50 ms | added p99 ms | non-200 (all rounds) |", "|---|---|---|---|---|---|---|"]
+    for t in TARGETS:
+        rows = results["rate"][t]
+        added = lambda k: median([x[k] - d[k] for x, d in zip(rows, results["rate"]["direct"])])
+        bad = sum(x["total"] - x["ok"] for x in rows)
+        a50, a99 = ("-", "-") if t == "direct" else (f"{added('p50'):+.3f}", f"{added('p99'):+.3f}")
+        lines.append(f"| {t} | {med('rate', t, 'p50'):.3f} | {med('rate', t, 'p99'):.3f} | {med('rate', t, 'max'):.2f} | "
+                     f"{a50} | {a99} | {bad} |")
     lines += ["", "## Scenario 4: memory", "",
               "| proxy | idle RSS after start (KiB) | peak RSS with 1000 idle keep-alive connections + load (KiB) |", "|---|---|---|"]
     for t in idle:
@@ -201,15 +271,23 @@ def report(results, layers, idle, conns_rss, versions):
     for t in TARGETS:
         cpu = med("big", t, "cpu_per_gb")
         lines.append(f"| {t} | {med('big', t, 'mbs'):,.0f} | {'-' if cpu != cpu else f'{cpu:.2f}'} |")
+    om = med("mtls", "octopus", "rps")
+    lines += ["", "## Scenario 6: mTLS hop (sidecar to sidecar), HTTP/1.1, 32 connections", "",
+              "app -> outbound sidecar -> mTLS (TLS 1.3, client certificate, peer identity checked) -> inbound sidecar -> upstream;",
+              "one process of each proxy plays both sidecars (octopus: bench/octopus-mtls.yaml; nginx: bench/nginx-mtls.conf with `proxy_ssl`).", "",
+              "| proxy | req/s | ratio to octopus | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    for t in results["mtls"]:
+        r = med("mtls", t, "rps")
+        lines.append(f"| {t} | {r:,.0f} | {r / om:.2f} | {med('mtls', t, 'p50'):.2f} | {med('mtls', t, 'p99'):.2f} |")
     b, a = median(layers["bare"]), median(layers["all layers"])
     lines += ["", "## Scenario 7: price of the layers (octopus, HTTP/1.1, 32 connections)", "",
               "| octopus config | req/s per round | median |", "|---|---|---|",
               f"| bare route | {' / '.join(f'{x:,.0f}' for x in layers['bare'])} | {b:,.0f} |",
               f"| all layers (retry + per-try timeout, route timeout, least-connections, circuit breaker, outlier detection, health checks) | {' / '.join(f'{x:,.0f}' for x in layers['all layers'])} | {a:,.0f} ({(a / b - 1) * 100:+.1f}%) |",
               "", "## Versions", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [
-              "", "Configs: bench/octopus.yaml, bench/octopus-layers.yaml, bench/nginx.conf, bench/haproxy.cfg.", "",
+              "", "Configs: bench/octopus.yaml, bench/octopus-layers.yaml, bench/octopus-mtls.yaml, bench/nginx.conf, bench/nginx-mtls.conf, bench/haproxy.cfg.", "",
               "![requests per second](benchmarks.png)", ""]
-    errs = [t for s in ("h1", "big") for t in TARGETS if any(x["errors"] for x in results[s][t])]
+    errs = [f"{t} ({s})" for s in ("h1", "big", "mtls") for t in results[s] if any(x["errors"] for x in results[s][t])]
     if errs:
         lines.append(f"Warning: non-2xx responses or socket errors were seen for: {', '.join(sorted(set(errs)))}.")
     text = "\n".join(lines) + "\n"
