@@ -30,6 +30,7 @@ pub struct Metrics {
     pub connections_total: IntCounterVec,
     pub connections_active: IntGaugeVec,
     pub listener_overflow_total: IntCounterVec,
+    pub listener_accept_errors_total: IntCounterVec,
     pub dns_failures_total: IntCounterVec,
     pub mirror_requests_total: IntCounterVec,
     pub upstream_retries_total: IntCounterVec,
@@ -169,6 +170,14 @@ impl Metrics {
             &["listener"],
         )
         .expect("static metric definition");
+        let listener_accept_errors_total = IntCounterVec::new(
+            Opts::new(
+                "octopus_listener_accept_errors_total",
+                "Failed accepts (e.g. EMFILE: out of file descriptors); each pauses the listener 50 ms.",
+            ),
+            &["listener"],
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "octopus_build_info",
@@ -190,6 +199,7 @@ impl Metrics {
             Box::new(connections_total.clone()),
             Box::new(connections_active.clone()),
             Box::new(listener_overflow_total.clone()),
+            Box::new(listener_accept_errors_total.clone()),
             Box::new(build_info),
             Box::new(dns_failures_total.clone()),
             Box::new(mirror_requests_total.clone()),
@@ -223,6 +233,7 @@ impl Metrics {
             connections_total,
             connections_active,
             listener_overflow_total,
+            listener_accept_errors_total,
 
             dns_failures_total,
             mirror_requests_total,

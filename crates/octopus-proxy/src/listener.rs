@@ -24,6 +24,7 @@ const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after an accept error (e.g. EMFILE) instead of spinning on it.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 fn connection_builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -94,6 +95,11 @@ pub(crate) async fn serve<H, Fut>(
     // Open connections, checked against `max_connections` at each accept.
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let refused = metrics.listener_overflow_total.with_label_values(&[name]);
+    let accept_errors = metrics
+        .listener_accept_errors_total
+        .with_label_values(&[name]);
+    // Out of descriptors, every accept fails: log once per interval, count them all.
+    let mut last_warning: Option<std::time::Instant> = None;
     let graceful = GracefulShutdown::new();
     let accepted = metrics.connections_total.with_label_values(&[name]);
     let active = metrics.connections_active.with_label_values(&[name]);
@@ -103,7 +109,16 @@ pub(crate) async fn serve<H, Fut>(
             res = listener.accept() => match res {
                 Ok(pair) => pair,
                 Err(e) => {
-                    tracing::warn!(listener = name, error = %e, "accept failed; backing off");
+                    accept_errors.inc();
+                    if last_warning.is_none_or(|t| t.elapsed() >= ACCEPT_WARNING_INTERVAL) {
+                        last_warning = Some(std::time::Instant::now());
+                        tracing::warn!(
+                            listener = name,
+                            error = %e,
+                            total = accept_errors.get(),
+                            "accept failed; backing off (logged at most every 10 s, all counted in octopus_listener_accept_errors_total)"
+                        );
+                    }
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     continue;
                 }
