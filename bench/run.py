@@ -29,8 +29,13 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
 
 
+LOGS = {}
+
+
 def start(name, cmd):
-    p = subprocess.Popen(["taskset", "-c", SERVER_CPU] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tempfile.NamedTemporaryFile(prefix=f"octopus-bench-{name}-", suffix=".log", delete=False)
+    LOGS[name] = log.name
+    p = subprocess.Popen(["taskset", "-c", SERVER_CPU] + cmd, stdout=subprocess.DEVNULL, stderr=log)
     started.append((name, p))
     return p
 
@@ -53,7 +58,8 @@ def wait_port(port, timeout=10):
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.05)
-    raise SystemExit(f"port {port} never opened")
+    tails = "".join(f"--- {n} ({path}):\n" + open(path).read()[-1500:] for n, path in LOGS.items())
+    raise SystemExit(f"port {port} never opened\n{tails}")
 
 
 def tree_pids(pid):
@@ -230,6 +236,8 @@ def main():
     finally:
         stop_all()
         shutil.rmtree(run, ignore_errors=True)
+        for path in LOGS.values():
+            os.unlink(path)
     report(results, layers, idle, conns_rss, versions)
 
 
