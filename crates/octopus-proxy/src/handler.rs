@@ -52,7 +52,6 @@ pub(crate) async fn handle(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
-    let peer = conn.peer;
     let start = Instant::now();
     // One lock-free load per request; the Arc keeps this config alive until we finish.
     let snap = shared.snapshot.load_full();
@@ -133,7 +132,7 @@ pub(crate) async fn handle(
     if dir == Direction::Outbound {
         req.headers_mut().remove(crate::mirror::SHADOW_HEADER);
     }
-    headers::append_forwarded_for(req.headers_mut(), peer.ip());
+    headers::append_forwarded_for(req.headers_mut(), &conn.forwarded_for);
     if req.uri().authority().is_none() {
         if let Some(uri) = authority
             .as_ref()

@@ -71,6 +71,8 @@ impl Settings for Fixed {
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// `peer`'s IP as an `x-forwarded-for` element.
+    pub forwarded_for: crate::headers::ForwardedFor,
     /// Set on TLS listeners: the identity the client certificate proves, if any.
     pub identity: Option<Arc<str>>,
     /// False when the identity is not in the listener's allow-list.
@@ -154,6 +156,7 @@ pub(crate) async fn serve<H, Fut>(
                 None => {
                     let info = Arc::new(ConnInfo {
                         peer,
+                        forwarded_for: crate::headers::ForwardedFor::new(peer.ip()),
                         identity: None,
                         allowed: true,
                         tls: false,
@@ -168,6 +171,7 @@ pub(crate) async fn serve<H, Fut>(
                         let identity = acc.identity.map(Arc::<str>::from);
                         let info = Arc::new(ConnInfo {
                             peer,
+                            forwarded_for: crate::headers::ForwardedFor::new(peer.ip()),
                             identity,
                             allowed: acc.allowed,
                             tls: true,
