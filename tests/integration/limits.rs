@@ -395,3 +395,54 @@ async fn a_refused_response_head_is_retried_elsewhere_as_a_gateway_error() {
     }
     assert_eq!(good.hits(), 10);
 }
+
+#[tokio::test]
+async fn idle_connections_are_closed_but_slow_requests_are_not() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let up = Upstream::start("up").await;
+    let p = proxy("  idle_timeout: 300ms\n", "", &up).await;
+    let out = p.outbound_addr().unwrap();
+
+    // HTTP/1.1: a request slower than the idle timeout is answered; the connection
+    // is closed once it has been idle for the timeout.
+    let mut s = tokio::net::TcpStream::connect(out).await.unwrap();
+    s.write_all(b"GET /delay/800 HTTP/1.1\r\nHost: svc\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle HTTP/1.1 connection was closed");
+
+    // HTTP/2: the same; the close is a GOAWAY, so the client's connection ends cleanly.
+    let stream = tokio::net::TcpStream::connect(out).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("http://svc/delay/800")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "the idle HTTP/2 connection ended with a GOAWAY: {ended:?}"
+    );
+}

@@ -57,6 +57,10 @@ pub struct OutboundConfig {
     /// Most concurrent HTTP/2 streams per client connection.
     #[serde(default = "defaults::max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// A client connection with no request started or in progress for this long is
+    /// closed gracefully (HTTP/2: GOAWAY; streams in progress finish).
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: Duration,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
 }
@@ -170,6 +174,10 @@ pub struct InboundConfig {
     /// Most concurrent HTTP/2 streams per client connection.
     #[serde(default = "defaults::max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// A client connection with no request started or in progress for this long is
+    /// closed gracefully (HTTP/2: GOAWAY; streams in progress finish).
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: Duration,
     pub forward_to: HostPort,
     #[serde(default)]
     pub app_protocol: Protocol,
@@ -376,6 +384,9 @@ mod defaults {
     pub fn max_headers() -> u32 {
         100
     }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_millis(300_000)
+    }
     pub fn max_concurrent_streams() -> u32 {
         100
     }
@@ -442,6 +453,7 @@ pub struct ListenerLimits {
     pub max_header_bytes: u32,
     pub max_headers: u32,
     pub max_concurrent_streams: u32,
+    pub idle_timeout: std::time::Duration,
 }
 
 impl Default for ListenerLimits {
@@ -452,6 +464,7 @@ impl Default for ListenerLimits {
             max_header_bytes: defaults::max_header_bytes(),
             max_headers: defaults::max_headers(),
             max_concurrent_streams: defaults::max_concurrent_streams(),
+            idle_timeout: defaults::idle_timeout().get(),
         }
     }
 }
@@ -466,6 +479,7 @@ macro_rules! listener_limits {
                     max_header_bytes: self.max_header_bytes,
                     max_headers: self.max_headers,
                     max_concurrent_streams: self.max_concurrent_streams,
+                    idle_timeout: self.idle_timeout.get(),
                 }
             }
         }

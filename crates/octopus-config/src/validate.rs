@@ -97,6 +97,9 @@ impl Checker {
                     "must be at least 10ms",
                 );
             }
+            if l.idle_timeout < std::time::Duration::from_millis(10) {
+                self.err(format!("{prefix}.idle_timeout"), "must be at least 10ms");
+            }
             if l.max_connections == 0 {
                 self.err(format!("{prefix}.max_connections"), "must be at least 1");
             }

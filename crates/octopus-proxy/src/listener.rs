@@ -1,20 +1,22 @@
 //! Accept loops. Every listener speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c),
 //! detected per connection, and drains gracefully: on shutdown it stops accepting,
-//! asks open connections to close after their in-flight requests, and waits.
+//! asks open connections to close after their in-flight requests, and waits. A
+//! connection idle for the listener's `idle_timeout` is closed the same graceful way.
 
 use crate::body::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use octopus_config::ListenerLimits;
 use octopus_metrics::Metrics;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -95,14 +97,15 @@ pub(crate) async fn serve<H, Fut>(
     let mut current = settings.limits();
     let mut builder = connection_builder(&current);
     // Open connections, checked against `max_connections` at each accept.
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
     let refused = metrics.listener_overflow_total.with_label_values(&[name]);
     let accept_errors = metrics
         .listener_accept_errors_total
         .with_label_values(&[name]);
     // Out of descriptors, every accept fails: log once per interval, count them all.
     let mut last_warning: Option<std::time::Instant> = None;
-    let graceful = GracefulShutdown::new();
+    // Each connection task holds a sender; the drain is over when all are dropped.
+    let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let accepted = metrics.connections_total.with_label_values(&[name]);
     let active = metrics.connections_active.with_label_values(&[name]);
     loop {
@@ -133,22 +136,24 @@ pub(crate) async fn serve<H, Fut>(
             current = wanted;
             builder = connection_builder(&current);
         }
-        if open.load(std::sync::atomic::Ordering::Acquire) >= current.max_connections as usize {
+        if open.load(Ordering::Acquire) >= current.max_connections as usize {
             // Over the limit: close at once rather than let connections pile up.
             refused.inc();
             drop(stream);
             continue;
         }
-        open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        open.fetch_add(1, Ordering::AcqRel);
         let open_guard = OpenConnection(open.clone());
         accepted.inc();
         active.inc();
-        let (h, builder, watcher, active) = (
+        let (h, builder, active, alive, stop) = (
             handler.clone(),
             builder.clone(),
-            graceful.watcher(),
             active.clone(),
+            alive.clone(),
+            stop.clone(),
         );
+        let idle_timeout = current.idle_timeout;
         let tls = settings.tls();
         // The TLS handshake runs in the connection's own task, never in the accept loop.
         tokio::spawn(async move {
@@ -161,9 +166,19 @@ pub(crate) async fn serve<H, Fut>(
                         allowed: true,
                         tls: false,
                     });
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service(h, info));
-                    watcher.watch(conn).await
+                    let activity = Arc::new(Activity::new());
+                    let conn = builder.serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        service(h, info, activity.clone()),
+                    );
+                    drive(
+                        conn,
+                        |c| c.graceful_shutdown(),
+                        stop,
+                        &activity,
+                        idle_timeout,
+                    )
+                    .await
                 }
                 Some(tls) => match tls.accept(stream, peer).await {
                     None => Ok(()),
@@ -176,11 +191,19 @@ pub(crate) async fn serve<H, Fut>(
                             allowed: acc.allowed,
                             tls: true,
                         });
+                        let activity = Arc::new(Activity::new());
                         let conn = builder.serve_connection_with_upgrades(
                             TokioIo::new(acc.stream),
-                            service(h, info),
+                            service(h, info, activity.clone()),
                         );
-                        watcher.watch(conn).await
+                        drive(
+                            conn,
+                            |c| c.graceful_shutdown(),
+                            stop,
+                            &activity,
+                            idle_timeout,
+                        )
+                        .await
                     }
                 },
             };
@@ -189,15 +212,95 @@ pub(crate) async fn serve<H, Fut>(
             }
             active.dec();
             drop(open_guard);
+            drop(alive);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    drop(alive);
+    let _ = all_closed.recv().await;
+}
+
+/// Serves one connection until it ends: on `stop`, or after `idle` with no request
+/// started or in progress, it is asked to close gracefully (HTTP/1.1: after the
+/// response in progress; HTTP/2: GOAWAY, open streams finish) and served to the end.
+async fn drive<C, E>(
+    conn: C,
+    shutdown: impl Fn(Pin<&mut C>),
+    mut stop: watch::Receiver<bool>,
+    activity: &Activity,
+    idle: Duration,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => return res,
+        _ = stop.changed() => {}
+        _ = activity.idle_for(idle) => {}
+    }
+    shutdown(conn.as_mut());
+    conn.await
+}
+
+/// When a connection last had a request, for its idle timeout. Requests count from
+/// their head until their response head; a response body streaming afterwards is
+/// never cut (the close is graceful), it only stops the connection taking new ones.
+pub(crate) struct Activity {
+    start: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `start` at which the connection last became idle.
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> ActiveRequest {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        ActiveRequest(self.clone())
+    }
+
+    /// Resolves once the connection has been idle for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let wait = if self.in_flight.load(Ordering::Acquire) > 0 {
+                idle
+            } else {
+                let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+                match (since + idle).checked_sub(self.start.elapsed()) {
+                    None => return,
+                    Some(left) if left.is_zero() => return,
+                    Some(left) => left,
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Marks one request in progress on its connection until dropped.
+struct ActiveRequest(Arc<Activity>);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.idle_since_ms
+            .store(a.start.elapsed().as_millis() as u64, Ordering::Release);
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn service<H, Fut>(
     h: H,
     info: Arc<ConnInfo>,
+    activity: Arc<Activity>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Body>,
@@ -209,16 +312,21 @@ where
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     hyper::service::service_fn(move |req| {
+        let active = activity.begin();
         let fut = h(req, info.clone());
-        async move { Ok::<_, Infallible>(fut.await) }
+        async move {
+            let resp = fut.await;
+            drop(active);
+            Ok::<_, Infallible>(resp)
+        }
     })
 }
 
 /// Releases a listener connection slot when the connection's task ends.
-struct OpenConnection(Arc<std::sync::atomic::AtomicUsize>);
+struct OpenConnection(Arc<AtomicUsize>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
