@@ -39,8 +39,9 @@ clean:
 
 ## bench: side-by-side benchmark vs nginx and HAProxy (installs them; writes docs/benchmarks.md)
 bench:
-	@command -v wrk >/dev/null && command -v h2load >/dev/null && command -v nginx >/dev/null && command -v haproxy >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client nginx-light haproxy)
+	@command -v wrk >/dev/null && command -v h2load >/dev/null && command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v openssl >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client nginx-light haproxy openssl)
+	@command -v oha >/dev/null || $(CARGO) install oha --locked
 	@python3 -c 'import matplotlib' 2>/dev/null || pip install --quiet matplotlib
 	$(CARGO) build --release --workspace --bins
 	python3 bench/run.py
