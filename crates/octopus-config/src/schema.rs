@@ -337,6 +337,11 @@ pub struct ClusterTlsConfig {
     pub server_identity: String,
 }
 
+/// Default largest request or response head, in bytes (listeners and clusters).
+pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
+/// Default most header fields in a request or response head.
+pub const DEFAULT_MAX_HEADERS: u32 = 100;
+
 mod defaults {
     use super::*;
     pub fn admin_listen() -> HostPort {
@@ -379,10 +384,10 @@ mod defaults {
         10_000
     }
     pub fn max_header_bytes() -> u32 {
-        64 * 1024
+        DEFAULT_MAX_HEADER_BYTES
     }
     pub fn max_headers() -> u32 {
-        100
+        DEFAULT_MAX_HEADERS
     }
     pub fn idle_timeout() -> Duration {
         Duration::from_millis(300_000)

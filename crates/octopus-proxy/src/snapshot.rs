@@ -199,14 +199,6 @@ impl Snapshot {
                     .filter(|i| i.forward_to == forward_to && i.protocol == inb.app_protocol)
                     .map(|i| i.cluster.clone());
                 let cluster = reused.unwrap_or_else(|| {
-                    let name: Arc<str> = LOCAL_APP.into();
-                    let ep = Endpoint::new(
-                        name.clone(),
-                        forward_to,
-                        Settings::new(inb.app_protocol, INBOUND_CONNECT_TIMEOUT),
-                        None,
-                        None,
-                    );
                     let spec = ClusterConfig {
                         lb: Default::default(),
                         protocol: inb.app_protocol,
@@ -217,9 +209,16 @@ impl Snapshot {
                         outlier_detection: None,
                         health_check: None,
                         tls: None,
-                        max_response_header_bytes: 64 * 1024,
-                        max_response_headers: 100,
+                        max_response_header_bytes: octopus_config::DEFAULT_MAX_HEADER_BYTES,
+                        max_response_headers: octopus_config::DEFAULT_MAX_HEADERS,
                     };
+                    let ep = Endpoint::new(
+                        LOCAL_APP.into(),
+                        forward_to,
+                        Settings::of(&spec),
+                        None,
+                        None,
+                    );
                     Cluster::single(LOCAL_APP, spec, ep)
                 });
                 let tls = match &inb.tls {

@@ -77,8 +77,8 @@ impl Settings {
         Settings {
             protocol,
             connect_timeout,
-            max_response_header_bytes: 64 * 1024,
-            max_response_headers: 100,
+            max_response_header_bytes: octopus_config::DEFAULT_MAX_HEADER_BYTES,
+            max_response_headers: octopus_config::DEFAULT_MAX_HEADERS,
         }
     }
 
