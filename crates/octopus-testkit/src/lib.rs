@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 pub type TestBody = BoxBody<Bytes, hyper::Error>;
@@ -118,9 +118,7 @@ impl Upstream {
                     tokio::spawn(async move {
                         let mut buf = [0u8; 4096];
                         let _ = stream.read(&mut buf).await;
-                        // Linger 0 turns the close into a reset.
-                        #[allow(deprecated)]
-                        let _ = stream.set_linger(Some(Duration::ZERO));
+                        reset(stream);
                     });
                     continue;
                 }
@@ -219,45 +217,53 @@ pub async fn dead_address() -> SocketAddr {
     addr
 }
 
-/// A server that accepts connections and closes them at once, before any response:
-/// what a crashing or resetting upstream looks like.
-pub async fn closing_server() -> (SocketAddr, JoinHandle<()>) {
+/// A raw TCP server on an ephemeral 127.0.0.1 port that runs `handle` on each
+/// accepted connection in a task of its own: the upstreams that misbehave below HTTP.
+async fn raw_server<F, Fut>(handle: F) -> (SocketAddr, JoinHandle<()>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let l = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind ephemeral port");
     let addr = l.local_addr().expect("bound listener has an address");
     let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).await;
-            drop(s);
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(handle(s));
         }
     });
     (addr, task)
 }
 
+/// Closes `s` with a reset (RST) instead of a FIN: linger 0 is the point here.
+fn reset(s: TcpStream) {
+    #[allow(deprecated)]
+    let _ = s.set_linger(Some(Duration::ZERO));
+    drop(s);
+}
+
+/// A server that accepts connections and closes them at once, before any response:
+/// what a crashing or resetting upstream looks like.
+pub async fn closing_server() -> (SocketAddr, JoinHandle<()>) {
+    raw_server(|mut s| async move {
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+    })
+    .await
+}
+
 /// A server that reads each request, starts a response head, then resets the
 /// connection (RST): a crash mid-response, before anything usable was sent.
 pub async fn resetting_server() -> (SocketAddr, JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind ephemeral port");
-    let addr = l.local_addr().expect("bound listener has an address");
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                if s.read(&mut buf).await.unwrap_or(0) > 0 {
-                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Le").await;
-                }
-                // Linger 0 makes the close a reset, which is the point of this server.
-                #[allow(deprecated)]
-                let _ = s.set_linger(Some(Duration::ZERO));
-                drop(s);
-            });
+    raw_server(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        if s.read(&mut buf).await.unwrap_or(0) > 0 {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Le").await;
         }
-    });
-    (addr, task)
+        reset(s);
+    })
+    .await
 }
 
 /// What a [`malicious_server`] answers to every request.
@@ -275,49 +281,41 @@ pub enum Misbehaviour {
 
 /// A hostile HTTP/1.1 upstream: reads a request head, then misbehaves as told.
 pub async fn malicious_server(how: Misbehaviour) -> (SocketAddr, JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind ephemeral port");
-    let addr = l.local_addr().expect("bound listener has an address");
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                if s.read(&mut buf).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                match how {
-                    Misbehaviour::HugeHead(n) => {
-                        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
-                        let line = format!("x-filler: {}\r\n", "a".repeat(990));
-                        while head.len() < n {
-                            head.extend_from_slice(line.as_bytes());
-                        }
-                        head.extend_from_slice(b"content-length: 0\r\n\r\n");
-                        let _ = s.write_all(&head).await;
-                    }
-                    Misbehaviour::EndlessHeaders => {
-                        let line = format!("x-more: {}\r\n", "b".repeat(1000));
-                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\n").await;
-                        while s.write_all(line.as_bytes()).await.is_ok() {}
-                    }
-                    Misbehaviour::Garbage => {
-                        let _ = s.write_all(b"\x00\x01 this is not HTTP \xff\r\n\r\n").await;
-                    }
-                    Misbehaviour::ShortBody => {
-                        let _ = s
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
-                            .await;
-                        return;
-                    }
-                }
-                // Keep the socket until the proxy gives up, so the proxy, not the
-                // close, decides the outcome.
-                let _ = s.read(&mut buf).await;
-            });
+    raw_server(move |mut s| async move {
+        let mut buf = [0u8; 4096];
+        if s.read(&mut buf).await.unwrap_or(0) == 0 {
+            return;
         }
-    });
-    (addr, task)
+        match how {
+            Misbehaviour::HugeHead(n) => {
+                let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+                let line = format!("x-filler: {}\r\n", "a".repeat(990));
+                while head.len() < n {
+                    head.extend_from_slice(line.as_bytes());
+                }
+                head.extend_from_slice(b"content-length: 0\r\n\r\n");
+                let _ = s.write_all(&head).await;
+            }
+            Misbehaviour::EndlessHeaders => {
+                let line = format!("x-more: {}\r\n", "b".repeat(1000));
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\n").await;
+                while s.write_all(line.as_bytes()).await.is_ok() {}
+            }
+            Misbehaviour::Garbage => {
+                let _ = s.write_all(b"\x00\x01 this is not HTTP \xff\r\n\r\n").await;
+            }
+            Misbehaviour::ShortBody => {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
+                    .await;
+                return;
+            }
+        }
+        // Keep the socket until the proxy gives up, so the proxy, not the close,
+        // decides the outcome.
+        let _ = s.read(&mut buf).await;
+    })
+    .await
 }
 
 fn full(b: impl Into<Bytes>) -> TestBody {
