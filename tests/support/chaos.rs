@@ -2,8 +2,9 @@
 //! from /proc) in front of programmable upstreams, with mTLS to its own inbound
 //! listener, driven by a paced load generator that records every outcome.
 //!
-//! Used by the fast chaos slice of `make test` (crates/octopus/tests/chaos.rs, `make
-//! chaos`) and by the ten-minute `make soak` (tests/bin/soak.rs).
+//! Used by the binary's own tests (crates/octopus/tests/cli.rs: signals, drain,
+//! memory), the fast chaos slice of `make test` (crates/octopus/tests/chaos.rs, `make
+//! chaos`) and the ten-minute `make soak` (tests/bin/soak.rs).
 
 use crate::pki;
 use bytes::Bytes;
@@ -118,15 +119,37 @@ impl Daemon {
         self.status_kib("VmHWM:")
     }
 
+    /// A figure of /proc/PID/status. Panics rather than report 0, which would let a
+    /// memory bound pass for a process that is gone.
     fn status_kib(&self, key: &str) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with(key))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            })
-            .unwrap_or(0)
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_else(|e| panic!("octopus (pid {}) has no status: {e}", self.pid()));
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in /proc/{}/status", self.pid()))
+    }
+
+    /// Sends a signal (`-TERM`, `-HUP`, ...) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let sent = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(sent.success(), "kill {sig} {}", self.pid());
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit code, if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Whether the process is still running (it never exits on its own).

@@ -5,10 +5,10 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use octopus_testkit::Upstream;
-use std::io::{BufRead, BufReader};
+use octopus_tests::chaos::Daemon;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_octopus");
@@ -129,94 +129,9 @@ fn version_flag() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("octopus "));
 }
 
-/// A running octopus process, killed on drop if a test failed before stopping it.
-struct Daemon {
-    child: Child,
-    admin: SocketAddr,
-    outbound: SocketAddr,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args([
-                "--log-format",
-                "json",
-                "run",
-                "--worker-threads",
-                "2",
-                "--config",
-            ])
-            .arg(config)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["message"] == "octopus is serving" {
-                        let _ = tx.send(v);
-                    }
-                }
-            }
-        });
-        let v = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("octopus reports its listeners");
-        let addr = |k: &str| v[k].as_str().unwrap().parse().unwrap();
-        Daemon {
-            admin: addr("admin"),
-            outbound: addr("outbound"),
-            child,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn signal(&self, sig: &str) {
-        assert!(Command::new("kill")
-            .args([sig, &self.pid().to_string()])
-            .status()
-            .unwrap()
-            .success());
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    /// Peak and current resident memory in KiB, from /proc.
-    fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap()
-        };
-        (field("VmHWM:"), field("VmRSS:"))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The process as operators run it (JSON logs, two workers), killed on drop.
+fn start_daemon(config: &Path) -> Daemon {
+    Daemon::start(Path::new(BIN), config, 2)
 }
 
 fn proxy_config(name: &str, up: SocketAddr, drain: &str) -> PathBuf {
@@ -259,7 +174,7 @@ fn client() -> hyper_util::client::legacy::Client<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let up = Upstream::start("slow").await;
-    let mut d = Daemon::start(&proxy_config("drain.yaml", up.addr(), "5s"));
+    let mut d = start_daemon(&proxy_config("drain.yaml", up.addr(), "5s"));
     let (outbound, admin) = (d.outbound, d.admin);
     let c = client();
     let in_flight =
@@ -286,7 +201,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_deadline_bounds_shutdown() {
     let up = Upstream::start("stuck").await;
-    let mut d = Daemon::start(&proxy_config("deadline.yaml", up.addr(), "300ms"));
+    let mut d = start_daemon(&proxy_config("deadline.yaml", up.addr(), "300ms"));
     let outbound = d.outbound;
     let _stuck =
         tokio::spawn(
@@ -309,11 +224,11 @@ async fn drain_deadline_bounds_shutdown() {
 async fn streamed_10mib_bodies_keep_proxy_memory_bounded() {
     const SIZE: usize = 10 * 1024 * 1024;
     let up = Upstream::start("big").await;
-    let d = Daemon::start(&proxy_config("memory.yaml", up.addr(), "1s"));
+    let d = start_daemon(&proxy_config("memory.yaml", up.addr(), "1s"));
     let c = client();
     // Warm up pools and allocator arenas, then measure the peak across big transfers.
     send(&c, d.outbound, "GET", "/", Bytes::new()).await;
-    let (hwm_before, idle_rss) = d.memory_kib();
+    let (hwm_before, idle_rss) = (d.peak_kib(), d.rss_kib());
     let upload = Bytes::from(vec![7u8; SIZE]);
     for _ in 0..3 {
         let (status, echoed) = send(&c, d.outbound, "POST", "/echo-body", upload.clone()).await;
@@ -328,7 +243,7 @@ async fn streamed_10mib_bodies_keep_proxy_memory_bounded() {
         .await;
         assert_eq!((status, got.len()), (200, SIZE));
     }
-    let (hwm_after, _) = d.memory_kib();
+    let (hwm_after, _) = (d.peak_kib(), d.rss_kib());
     let growth = hwm_after.saturating_sub(hwm_before);
     eprintln!("octopus idle RSS {idle_rss} KiB; peak before {hwm_before} KiB, after 60 MiB streamed {hwm_after} KiB");
     // Buffering even one body would add 10 MiB to the peak.
@@ -387,7 +302,7 @@ async fn file_edits_are_picked_up_configmap_swap_and_editor_rename() {
     std::fs::write(dir.join("..v1/octopus.yaml"), cfg("blue")).unwrap();
     std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/octopus.yaml", dir.join("octopus.yaml")).unwrap();
-    let d = Daemon::start(&dir.join("octopus.yaml"));
+    let d = start_daemon(&dir.join("octopus.yaml"));
     assert_eq!(upstream_name(d.outbound).await, "blue");
 
     // The kubelet's atomic swap of `..data`.
@@ -501,7 +416,7 @@ fn schema_is_json_and_describes_the_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_exits_zero_only_on_success() {
     let up = Upstream::start("up").await;
-    let d = Daemon::start(&proxy_config("probe.yaml", up.addr(), "1s"));
+    let d = start_daemon(&proxy_config("probe.yaml", up.addr(), "1s"));
     let probe = |url: String| {
         Command::new(BIN)
             .args(["probe", &url])
