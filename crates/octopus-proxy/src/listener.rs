@@ -13,7 +13,6 @@ use octopus_metrics::Metrics;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -157,53 +156,29 @@ pub(crate) async fn serve<H, Fut>(
         let tls = settings.tls();
         // The TLS handshake runs in the connection's own task, never in the accept loop.
         tokio::spawn(async move {
+            let forwarded_for = crate::headers::ForwardedFor::new(peer.ip());
             let result = match tls {
                 None => {
-                    let info = Arc::new(ConnInfo {
+                    let info = ConnInfo {
                         peer,
-                        forwarded_for: crate::headers::ForwardedFor::new(peer.ip()),
+                        forwarded_for,
                         identity: None,
                         allowed: true,
                         tls: false,
-                    });
-                    let activity = Arc::new(Activity::new());
-                    let conn = builder.serve_connection_with_upgrades(
-                        TokioIo::new(stream),
-                        service(h, info, activity.clone()),
-                    );
-                    drive(
-                        conn,
-                        |c| c.graceful_shutdown(),
-                        stop,
-                        &activity,
-                        idle_timeout,
-                    )
-                    .await
+                    };
+                    serve_connection(&builder, stream, h, info, stop, idle_timeout).await
                 }
                 Some(tls) => match tls.accept(stream, peer).await {
                     None => Ok(()),
                     Some(acc) => {
-                        let identity = acc.identity.map(Arc::<str>::from);
-                        let info = Arc::new(ConnInfo {
+                        let info = ConnInfo {
                             peer,
-                            forwarded_for: crate::headers::ForwardedFor::new(peer.ip()),
-                            identity,
+                            forwarded_for,
+                            identity: acc.identity.map(Arc::<str>::from),
                             allowed: acc.allowed,
                             tls: true,
-                        });
-                        let activity = Arc::new(Activity::new());
-                        let conn = builder.serve_connection_with_upgrades(
-                            TokioIo::new(acc.stream),
-                            service(h, info, activity.clone()),
-                        );
-                        drive(
-                            conn,
-                            |c| c.graceful_shutdown(),
-                            stop,
-                            &activity,
-                            idle_timeout,
-                        )
-                        .await
+                        };
+                        serve_connection(&builder, acc.stream, h, info, stop, idle_timeout).await
                     }
                 },
             };
@@ -223,23 +198,31 @@ pub(crate) async fn serve<H, Fut>(
 /// Serves one connection until it ends: on `stop`, or after `idle` with no request
 /// started or in progress, it is asked to close gracefully (HTTP/1.1: after the
 /// response in progress; HTTP/2: GOAWAY, open streams finish) and served to the end.
-async fn drive<C, E>(
-    conn: C,
-    shutdown: impl Fn(Pin<&mut C>),
+async fn serve_connection<I, H, Fut>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    h: H,
+    info: ConnInfo,
     mut stop: watch::Receiver<bool>,
-    activity: &Activity,
     idle: Duration,
-) -> Result<(), E>
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
-    C: Future<Output = Result<(), E>>,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    let activity = Arc::new(Activity::new());
+    let conn = builder.serve_connection_with_upgrades(
+        TokioIo::new(io),
+        service(h, Arc::new(info), activity.clone()),
+    );
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => return res,
         _ = stop.changed() => {}
         _ = activity.idle_for(idle) => {}
     }
-    shutdown(conn.as_mut());
+    conn.as_mut().graceful_shutdown();
     conn.await
 }
 
