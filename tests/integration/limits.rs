@@ -446,3 +446,21 @@ async fn idle_connections_are_closed_but_slow_requests_are_not() {
         "the idle HTTP/2 connection ended with a GOAWAY: {ended:?}"
     );
 }
+
+#[tokio::test]
+async fn response_head_limits_are_set_per_cluster() {
+    use octopus_testkit::{malicious_server, Misbehaviour};
+    // About 20 KiB in 21 header fields: under the defaults, over each tightened limit.
+    let (head, _t) = malicious_server(Misbehaviour::HugeHead(20 * 1024)).await;
+    let p = start(&format!(
+        "outbound:\n  listen: 127.0.0.1:0\n  routes:\n    - {{ name: default, match: {{ host: default }}, cluster: default }}\n    - {{ name: small, match: {{ host: small }}, cluster: small }}\n    - {{ name: few, match: {{ host: few }}, cluster: few }}\nclusters:\n  default:\n    endpoints: [{head}]\n  small:\n    endpoints: [{head}]\n    max_response_header_bytes: 8192\n  few:\n    endpoints: [{head}]\n    max_response_headers: 10\n"
+    ))
+    .await;
+    let out = p.outbound_addr().unwrap();
+    assert_eq!(get(out, "default", "/").await.status, 200);
+    for host in ["small", "few"] {
+        let r = get(out, host, "/").await;
+        assert_eq!(r.status, 502, "{host}: {}", r.text());
+        assert_eq!(r.headers["x-octopus-error"], "bad_response", "{host}");
+    }
+}
