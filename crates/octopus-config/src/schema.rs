@@ -61,6 +61,17 @@ pub struct OutboundConfig {
     /// closed gracefully (HTTP/2: GOAWAY; streams in progress finish).
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: Duration,
+    /// Requests (HTTP/2 streams included) in progress on this listener at most, over
+    /// all its connections; more are answered 503 `overloaded` at once. Bounds what
+    /// multiplexed clients can make octopus hold open upstream.
+    #[serde(default = "defaults::max_requests")]
+    pub max_requests: u32,
+    /// What to do with request headers whose names contain `_` (Envoy's
+    /// `headers_with_underscores_action`): `allow`, `drop` or `reject` (400). Look-alikes
+    /// of octopus' own headers (`x_octopus_peer_identity`, `x_forwarded_for`) are
+    /// always dropped, whatever this says.
+    #[serde(default)]
+    pub headers_with_underscores: UnderscoreHeaders,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
 }
@@ -87,6 +98,25 @@ pub struct RouteConfig {
     /// Largest request body accepted on this route, in bytes; larger gets 413.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_body_bytes: Option<u64>,
+    /// Protocols a client may switch to with `Upgrade` (default: only `websocket`);
+    /// any other offer (`h2c` above all) is removed and the request proxied as usual.
+    #[serde(default = "defaults::upgrades")]
+    pub upgrades: Vec<String>,
+    /// A request body that sends nothing for this long is abandoned: 408.
+    #[serde(default = "defaults::request_body_timeout")]
+    pub request_body_timeout: Duration,
+}
+
+/// `headers_with_underscores`: see [`OutboundConfig::headers_with_underscores`].
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderscoreHeaders {
+    #[default]
+    Allow,
+    Drop,
+    Reject,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
@@ -178,6 +208,27 @@ pub struct InboundConfig {
     /// closed gracefully (HTTP/2: GOAWAY; streams in progress finish).
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: Duration,
+    /// Requests (HTTP/2 streams included) in progress on this listener at most, over
+    /// all its connections; more are answered 503 `overloaded` at once. Bounds what
+    /// multiplexed clients can make octopus hold open upstream.
+    #[serde(default = "defaults::max_requests")]
+    pub max_requests: u32,
+    /// What to do with request headers whose names contain `_` (Envoy's
+    /// `headers_with_underscores_action`): `allow`, `drop` or `reject` (400). Look-alikes
+    /// of octopus' own headers (`x_octopus_peer_identity`, `x_forwarded_for`) are
+    /// always dropped, whatever this says.
+    #[serde(default)]
+    pub headers_with_underscores: UnderscoreHeaders,
+    /// Protocols a peer may switch to with `Upgrade` (default: only `websocket`).
+    #[serde(default = "defaults::upgrades")]
+    pub upgrades: Vec<String>,
+    /// A request body that sends nothing for this long is abandoned: 408.
+    #[serde(default = "defaults::request_body_timeout")]
+    pub request_body_timeout: Duration,
+    /// Limits on what octopus opens to the local app (as a cluster's `circuit_breaker`):
+    /// connections, pending and in-progress requests. Always on for inbound.
+    #[serde(default = "defaults::inbound_limits")]
+    pub circuit_breaker: CircuitBreakerConfig,
     pub forward_to: HostPort,
     #[serde(default)]
     pub app_protocol: Protocol,
@@ -395,6 +446,22 @@ mod defaults {
     pub fn max_concurrent_streams() -> u32 {
         100
     }
+    pub fn max_requests() -> u32 {
+        10_000
+    }
+    pub fn upgrades() -> Vec<String> {
+        vec!["websocket".into()]
+    }
+    pub fn request_body_timeout() -> Duration {
+        Duration::from_millis(30_000)
+    }
+    pub fn inbound_limits() -> CircuitBreakerConfig {
+        CircuitBreakerConfig {
+            max_connections: limit(),
+            max_pending_requests: limit(),
+            max_requests: limit(),
+        }
+    }
     pub fn header_read_timeout() -> Duration {
         Duration::from_millis(30_000)
     }
@@ -459,6 +526,8 @@ pub struct ListenerLimits {
     pub max_headers: u32,
     pub max_concurrent_streams: u32,
     pub idle_timeout: std::time::Duration,
+    pub max_requests: u32,
+    pub headers_with_underscores: UnderscoreHeaders,
 }
 
 impl Default for ListenerLimits {
@@ -470,6 +539,8 @@ impl Default for ListenerLimits {
             max_headers: defaults::max_headers(),
             max_concurrent_streams: defaults::max_concurrent_streams(),
             idle_timeout: defaults::idle_timeout().get(),
+            max_requests: defaults::max_requests(),
+            headers_with_underscores: UnderscoreHeaders::default(),
         }
     }
 }
@@ -485,6 +556,8 @@ macro_rules! listener_limits {
                     max_headers: self.max_headers,
                     max_concurrent_streams: self.max_concurrent_streams,
                     idle_timeout: self.idle_timeout.get(),
+                    max_requests: self.max_requests,
+                    headers_with_underscores: self.headers_with_underscores,
                 }
             }
         }

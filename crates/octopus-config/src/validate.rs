@@ -112,6 +112,9 @@ impl Checker {
             if l.max_headers == 0 {
                 self.err(format!("{prefix}.max_headers"), "must be at least 1");
             }
+            if l.max_requests == 0 {
+                self.err(format!("{prefix}.max_requests"), "must be at least 1");
+            }
             if l.max_concurrent_streams == 0 {
                 self.err(
                     format!("{prefix}.max_concurrent_streams"),
@@ -133,6 +136,9 @@ impl Checker {
             if i.forward_to.port == 0 {
                 self.err("inbound.forward_to", "port 0 is not a valid destination");
             }
+            self.upgrades("inbound.upgrades", &i.upgrades);
+            self.body_timeout("inbound.request_body_timeout", i.request_body_timeout);
+            self.limits("inbound.circuit_breaker", &i.circuit_breaker);
         }
     }
 
@@ -216,6 +222,44 @@ impl Checker {
             if let Some(retry) = &r.retry {
                 self.retry(&format!("{p}.retry"), retry);
             }
+            self.upgrades(&format!("{p}.upgrades"), &r.upgrades);
+            self.body_timeout(&format!("{p}.request_body_timeout"), r.request_body_timeout);
+        }
+    }
+
+    /// Upgrade protocols are HTTP tokens; `h2c` is refused outright: after its 101 the
+    /// client's requests would flow inside a tunnel past every octopus rule.
+    fn upgrades(&mut self, p: &str, list: &[String]) {
+        for (i, u) in list.iter().enumerate() {
+            if u.eq_ignore_ascii_case("h2c") {
+                self.err(
+                    format!("{p}[{i}]"),
+                    "`h2c` cannot be allowed: requests inside an h2c upgrade would bypass routing and header rules (clients reach octopus with HTTP/2 prior knowledge instead)",
+                );
+            } else if !http_token(u) {
+                self.err(
+                    format!("{p}[{i}]"),
+                    format!("`{u}` is not a protocol name (an HTTP token such as `websocket`)"),
+                );
+            }
+        }
+    }
+
+    fn limits(&mut self, p: &str, cb: &CircuitBreakerConfig) {
+        for (key, v) in [
+            ("max_connections", cb.max_connections),
+            ("max_pending_requests", cb.max_pending_requests),
+            ("max_requests", cb.max_requests),
+        ] {
+            if v == 0 {
+                self.err(format!("{p}.{key}"), "must be at least 1");
+            }
+        }
+    }
+
+    fn body_timeout(&mut self, p: &str, t: crate::types::Duration) {
+        if t.get() < std::time::Duration::from_millis(10) {
+            self.err(p, "must be at least 10ms");
         }
     }
 
@@ -367,15 +411,7 @@ impl Checker {
             }
         }
         if let Some(cb) = &c.circuit_breaker {
-            for (key, v) in [
-                ("max_connections", cb.max_connections),
-                ("max_pending_requests", cb.max_pending_requests),
-                ("max_requests", cb.max_requests),
-            ] {
-                if v == 0 {
-                    self.err(format!("{p}.circuit_breaker.{key}"), "must be at least 1");
-                }
-            }
+            self.limits(&format!("{p}.circuit_breaker"), cb);
         }
         if let Some(od) = &c.outlier_detection {
             let op = format!("{p}.outlier_detection");

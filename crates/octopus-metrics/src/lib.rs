@@ -25,6 +25,7 @@ pub struct Metrics {
     registry: Registry,
     requests_total: IntCounterVec,
     request_duration: HistogramVec,
+    proxy_errors_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
     pub config_generation: IntGauge,
     pub connections_total: IntCounterVec,
@@ -55,6 +56,14 @@ impl Metrics {
                 "Requests answered, by direction, route, cluster and status code.",
             ),
             &["direction", "route", "cluster", "code"],
+        )
+        .expect("static metric definition");
+        let proxy_errors_total = IntCounterVec::new(
+            Opts::new(
+                "octopus_proxy_errors_total",
+                "Requests octopus answered (or lost) with an error of its own, by kind (the x-octopus-error value, or client_aborted).",
+            ),
+            &["direction", "route", "cluster", "kind"],
         )
         .expect("static metric definition");
         let request_duration = HistogramVec::new(
@@ -194,6 +203,7 @@ impl Metrics {
         for c in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
+            Box::new(proxy_errors_total.clone()),
             Box::new(config_reloads_total.clone()),
             Box::new(config_generation.clone()),
             Box::new(connections_total.clone()),
@@ -228,6 +238,7 @@ impl Metrics {
             registry,
             requests_total,
             request_duration,
+            proxy_errors_total,
             config_reloads_total,
             config_generation,
             connections_total,
@@ -264,6 +275,7 @@ impl Metrics {
                 cluster.to_string(),
             ]),
             family: self.requests_total.clone(),
+            errors: self.proxy_errors_total.clone(),
             codes: Arc::new(ArcSwap::from_pointee(Vec::new())),
         }
     }
@@ -288,6 +300,7 @@ pub struct TargetMetrics {
     duration: Histogram,
     labels: Arc<[String; 3]>,
     family: IntCounterVec,
+    errors: IntCounterVec,
     codes: Arc<ArcSwap<Vec<(u16, IntCounter)>>>,
 }
 
@@ -295,6 +308,13 @@ impl TargetMetrics {
     pub fn record(&self, status: u16, elapsed: Duration) {
         self.duration.observe(elapsed.as_secs_f64());
         self.counter(status).inc();
+    }
+
+    /// Counts one error of `kind` in `octopus_proxy_errors_total`. Errors are the rare
+    /// path: the label look-up happens here rather than at compile time.
+    pub fn error(&self, kind: &str) {
+        let [d, r, c] = &*self.labels;
+        self.errors.with_label_values(&[d, r, c, kind]).inc();
     }
 
     fn counter(&self, status: u16) -> IntCounter {

@@ -18,6 +18,7 @@ fn set(n: usize) -> MemberSet {
                 Settings::new(Protocol::Http1, Duration::from_secs(1)),
                 None,
                 None,
+                None,
             ),
             weight: 1 + (i % 4) as u32,
         })

@@ -5,15 +5,26 @@
 //! cannot prove the request futures `Send` (higher-ranked lifetime inference), and a
 //! concrete type also keeps every service signature short.
 
+use crate::admission::Admitted;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub struct Body(http_body_util::combinators::BoxBody<Bytes, BoxError>);
+pub struct Body {
+    inner: http_body_util::combinators::BoxBody<Bytes, BoxError>,
+    /// The listener's admission of this request, released when the response body is
+    /// done (or dropped): held here rather than by another boxed wrapper.
+    admitted: Option<Admitted>,
+}
 
 impl Body {
     pub fn new<B>(body: B) -> Self
@@ -21,7 +32,16 @@ impl Body {
         B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        Body(body.map_err(Into::into).boxed())
+        Body {
+            inner: body.map_err(Into::into).boxed(),
+            admitted: None,
+        }
+    }
+
+    /// Keeps `admitted` until this body is dropped.
+    pub fn hold(mut self, admitted: Admitted) -> Self {
+        self.admitted = Some(admitted);
+        self
     }
 }
 
@@ -39,13 +59,13 @@ impl http_body::Body for Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.0).poll_frame(cx)
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
     fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
+        self.inner.is_end_stream()
     }
     fn size_hint(&self) -> SizeHint {
-        self.0.size_hint()
+        self.inner.size_hint()
     }
 }
 
@@ -99,27 +119,126 @@ impl<B: http_body::Body, G> http_body::Body for Guarded<B, G> {
     }
 }
 
-/// The error a [`Limited`] body fails with once it passes its limit.
+/// What went wrong with a client's request body. It is the client's doing, never
+/// the endpoint's: outlier detection, health and retries ignore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientBodyFault {
+    /// The client went away (or reset its stream) before the body was complete.
+    Aborted,
+    /// The body's framing was invalid (e.g. a bad chunk size).
+    Malformed,
+    /// More than the route's `max_request_body_bytes`.
+    TooLarge,
+    /// Nothing arrived for `request_body_timeout`.
+    Stalled,
+}
+
+impl ClientBodyFault {
+    fn code(self) -> u8 {
+        match self {
+            ClientBodyFault::Aborted => 1,
+            ClientBodyFault::Malformed => 2,
+            ClientBodyFault::TooLarge => 3,
+            ClientBodyFault::Stalled => 4,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Self> {
+        Some(match c {
+            1 => ClientBodyFault::Aborted,
+            2 => ClientBodyFault::Malformed,
+            3 => ClientBodyFault::TooLarge,
+            4 => ClientBodyFault::Stalled,
+            _ => return None,
+        })
+    }
+}
+
+/// The error a client's request body fails with, whatever layer reads it.
 #[derive(Debug, thiserror::Error)]
-#[error("request body larger than the route's max_request_body_bytes")]
-pub struct TooLarge;
+#[error("{}", match .fault {
+    ClientBodyFault::Aborted => "the client aborted the request body",
+    ClientBodyFault::Malformed => "malformed request body framing",
+    ClientBodyFault::TooLarge => "request body larger than the route's max_request_body_bytes",
+    ClientBodyFault::Stalled => "the request body sent nothing for request_body_timeout",
+})]
+pub struct ClientBodyError {
+    pub fault: ClientBodyFault,
+    #[source]
+    pub source: Option<BoxError>,
+}
+
+/// Shared between a request's [`FromClient`] body and the layers below it (a request
+/// extension): the endpoint learns that a failed exchange was the client's fault even
+/// when the upstream client reports only its own error (an HTTP/2 stream it reset).
+#[derive(Debug, Clone, Default)]
+pub struct ClientBodyWatch(Arc<AtomicU8>);
+
+impl ClientBodyWatch {
+    pub fn fault(&self) -> Option<ClientBodyFault> {
+        ClientBodyFault::from_code(self.0.load(Ordering::Acquire))
+    }
+    fn set(&self, f: ClientBodyFault) {
+        self.0.store(f.code(), Ordering::Release);
+    }
+}
 
 pin_project_lite::pin_project! {
-    /// A request body that fails with [`TooLarge`] once more than `limit` bytes passed.
-    pub struct Limited<B> {
+    /// A client's request body as octopus forwards it: its errors become
+    /// [`ClientBodyError`]s (reported to the [`ClientBodyWatch`]), it fails once more
+    /// than `limit` bytes passed, and once nothing arrived for `idle`. The timer is only
+    /// created when the body first has to wait, so bodies that come with their head
+    /// never touch the timer wheel.
+    pub struct FromClient<B> {
         #[pin]
         inner: B,
-        left: u64,
+        left: Option<u64>,
+        idle: Duration,
+        timer: Option<Pin<Box<Sleep>>>,
+        last_progress: Instant,
+        watch: ClientBodyWatch,
+        done: bool,
     }
 }
 
-impl<B> Limited<B> {
-    pub fn new(inner: B, limit: u64) -> Self {
-        Limited { inner, left: limit }
+impl<B> FromClient<B> {
+    pub fn new(inner: B, limit: Option<u64>, idle: Duration, watch: ClientBodyWatch) -> Self {
+        FromClient {
+            inner,
+            left: limit,
+            idle,
+            timer: None,
+            last_progress: Instant::now(),
+            watch,
+            done: false,
+        }
     }
 }
 
-impl<B> http_body::Body for Limited<B>
+/// Malformed framing (hyper reports it as an invalid-input I/O error or a parse
+/// error) or, for anything else (EOF, reset, stream cancelled), an abort.
+fn classify(e: &(dyn std::error::Error + 'static)) -> ClientBodyFault {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_parse() {
+                return ClientBodyFault::Malformed;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            ) {
+                return ClientBodyFault::Malformed;
+            }
+        }
+        cur = err.source();
+    }
+    ClientBodyFault::Aborted
+}
+
+impl<B> http_body::Body for FromClient<B>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -132,23 +251,58 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        let fail = |fault: ClientBodyFault, source: Option<BoxError>, done: &mut bool| {
+            this.watch.set(fault);
+            *done = true;
+            Poll::Ready(Some(Err(
+                Box::new(ClientBodyError { fault, source }) as BoxError
+            )))
+        };
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
-                if n > *this.left {
-                    return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                if let (Some(left), Some(data)) = (this.left.as_mut(), frame.data_ref()) {
+                    let n = data.len() as u64;
+                    if n > *left {
+                        return fail(ClientBodyFault::TooLarge, None, this.done);
+                    }
+                    *left -= n;
                 }
-                *this.left -= n;
+                if this.timer.is_some() {
+                    *this.last_progress = Instant::now();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                let e: BoxError = e.into();
+                let fault = classify(&*e);
+                fail(fault, Some(e), this.done)
+            }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let idle = *this.idle;
+                let timer = this.timer.get_or_insert_with(|| {
+                    *this.last_progress = Instant::now();
+                    Box::pin(tokio::time::sleep(idle))
+                });
+                // Progress only records when data came; the timer is moved to the new
+                // deadline when it fires, so a flowing body costs no timer updates.
+                while timer.as_mut().poll(cx).is_ready() {
+                    let deadline = *this.last_progress + idle;
+                    if deadline <= Instant::now() {
+                        return fail(ClientBodyFault::Stalled, None, this.done);
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+                Poll::Pending
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -156,14 +310,71 @@ where
     }
 }
 
-/// Whether a proxy error was caused by a [`Limited`] body passing its limit.
-pub fn is_too_large(e: &crate::ProxyError) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(err) = cur {
-        if err.is::<TooLarge>() {
-            return true;
-        }
-        cur = err.source();
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn watched(
+        body: impl http_body::Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static,
+        limit: Option<u64>,
+    ) -> (Body, ClientBodyWatch) {
+        let watch = ClientBodyWatch::default();
+        let b = Body::new(FromClient::new(
+            body,
+            limit,
+            Duration::from_millis(100),
+            watch.clone(),
+        ));
+        (b, watch)
     }
-    false
+
+    #[tokio::test]
+    async fn limit_is_enforced_and_reported() {
+        let (b, watch) = watched(full(vec![0u8; 10]), Some(5));
+        let err = b.collect().await.unwrap_err();
+        let e = err.downcast_ref::<ClientBodyError>().unwrap();
+        assert_eq!(e.fault, ClientBodyFault::TooLarge);
+        assert_eq!(watch.fault(), Some(ClientBodyFault::TooLarge));
+        let (b, watch) = watched(full(vec![0u8; 5]), Some(5));
+        assert_eq!(b.collect().await.unwrap().to_bytes().len(), 5);
+        assert_eq!(watch.fault(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_fails_after_idle_but_a_slow_one_does_not() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let stream = http_body_util::StreamBody::new(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
+            },
+        ));
+        let (b, watch) = watched(stream, None);
+        let reader = tokio::spawn(b.collect());
+        // A chunk every 60 ms keeps a 100 ms idle timeout from firing.
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            tx.send(Bytes::from_static(b"x")).await.unwrap();
+        }
+        // Then nothing for longer than the timeout.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let err = reader.await.unwrap().unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<ClientBodyError>().unwrap().fault,
+            ClientBodyFault::Stalled
+        );
+        assert_eq!(watch.fault(), Some(ClientBodyFault::Stalled));
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn read_errors_are_the_clients() {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidInput, "invalid chunk size");
+        assert_eq!(classify(&io), ClientBodyFault::Malformed);
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "eof");
+        assert_eq!(classify(&eof), ClientBodyFault::Aborted);
+    }
 }

@@ -1,10 +1,13 @@
 //! Every failure octopus answers for itself, as one typed error. [`ProxyError::into_response`]
 //! is the single place errors become HTTP responses, so layers just return `Err`.
 
-use crate::body::{self, Body, BoxError};
+use crate::body::{self, Body, BoxError, ClientBodyError, ClientBodyFault};
 use http::{header, HeaderValue, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+/// nginx's "client closed request": recorded, never sent.
+pub const CLIENT_CLOSED: u16 = 499;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -53,9 +56,64 @@ pub enum ProxyError {
     Timeout { cluster: Option<Arc<str>> },
     #[error("bad request: {0}")]
     BadRequest(&'static str),
-    /// The route's `max_request_body_bytes` was exceeded.
-    #[error("request body too large")]
-    BodyTooLarge,
+    /// The client's request body failed: aborted, malformed, too large, stalled.
+    #[error("{}", match .fault {
+        ClientBodyFault::Aborted => "client aborted the request",
+        ClientBodyFault::Malformed => "bad request: malformed request body",
+        ClientBodyFault::TooLarge => "request body too large",
+        ClientBodyFault::Stalled => "request body timeout",
+    })]
+    ClientBody {
+        fault: ClientBodyFault,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// CONNECT asks for a raw tunnel, which no route can name yet.
+    #[error("CONNECT is not supported")]
+    ConnectUnsupported,
+    /// A request framed with a transfer coding octopus does not implement.
+    #[error("unsupported transfer coding")]
+    UnsupportedTransferCoding,
+    /// The listener's `max_requests` is reached: shed at once.
+    #[error("too many requests in progress on the {listener} listener")]
+    Overloaded { listener: &'static str },
+}
+
+/// Whose fault a failure is. Only upstream faults count against an endpoint (outlier
+/// detection, failure counters) and only they are worth a retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The downstream client: a bad request, an aborted or stalled body.
+    Client,
+    /// Octopus itself: its own limits, its configuration (no route).
+    Octopus,
+    /// The upstream endpoint: refused, reset, timed out, answered garbage.
+    Upstream,
+}
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Client => "client",
+            Fault::Octopus => "octopus",
+            Fault::Upstream => "upstream",
+        }
+    }
+}
+
+/// The first error of type `T` in `e`'s chain, `e` itself included: the one place
+/// that walks source chains.
+pub fn find_cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Which cluster produced a response; set on every response that reached a cluster so
@@ -77,7 +135,56 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::IdentityNotAllowed => StatusCode::FORBIDDEN,
-            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::ClientBody { fault, .. } => match fault {
+                ClientBodyFault::Aborted | ClientBodyFault::Malformed => StatusCode::BAD_REQUEST,
+                ClientBodyFault::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                ClientBodyFault::Stalled => StatusCode::REQUEST_TIMEOUT,
+            },
+            ProxyError::ConnectUnsupported => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The status code metrics and logs record: like nginx, 499 for a client that went
+    /// away (whatever was written to its closed connection).
+    pub fn recorded_status(&self) -> u16 {
+        match self {
+            ProxyError::ClientBody {
+                fault: ClientBodyFault::Aborted,
+                ..
+            } => CLIENT_CLOSED,
+            other => other.status().as_u16(),
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::ClientBody { .. }
+            | ProxyError::ConnectUnsupported
+            | ProxyError::UnsupportedTransferCoding
+            | ProxyError::IdentityNotAllowed => Fault::Client,
+            ProxyError::NoRoute | ProxyError::Overflow { .. } | ProxyError::Overloaded { .. } => {
+                Fault::Octopus
+            }
+            ProxyError::NoHealthyEndpoint { .. }
+            | ProxyError::ConnectFailed { .. }
+            | ProxyError::UpstreamReset { .. }
+            | ProxyError::BadResponse { .. }
+            | ProxyError::IdentityMismatch { .. }
+            | ProxyError::Timeout { .. } => Fault::Upstream,
+        }
+    }
+
+    /// The error a failed read of the client's body becomes: its fault as the body
+    /// reported it (the error keeps its cause).
+    pub fn client_body(e: BoxError) -> ProxyError {
+        let fault =
+            find_cause::<ClientBodyError>(&*e).map_or(ClientBodyFault::Aborted, |c| c.fault);
+        ProxyError::ClientBody {
+            fault,
+            source: Some(e),
         }
     }
 
@@ -94,7 +201,15 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::IdentityMismatch { .. } => "identity_mismatch",
             ProxyError::IdentityNotAllowed => "identity_not_allowed",
-            ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::ClientBody { fault, .. } => match fault {
+                ClientBodyFault::Aborted => "client_aborted",
+                ClientBodyFault::Malformed => "bad_request",
+                ClientBodyFault::TooLarge => "body_too_large",
+                ClientBodyFault::Stalled => "request_body_timeout",
+            },
+            ProxyError::ConnectUnsupported => "connect_unsupported",
+            ProxyError::UnsupportedTransferCoding => "unsupported_transfer_coding",
+            ProxyError::Overloaded { .. } => "overloaded",
         }
     }
 
@@ -125,6 +240,12 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert("x-octopus-error", HeaderValue::from_static(self.kind()));
+        if let ProxyError::ConnectUnsupported = self {
+            h.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE"),
+            );
+        }
         if let Some(c) = self.cluster() {
             resp.extensions_mut().insert(ServedBy(c.clone()));
         }

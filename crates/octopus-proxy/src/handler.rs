@@ -2,16 +2,17 @@
 //! the route's service stack, turn errors into responses, record metrics, and splice
 //! upgraded (WebSocket) connections.
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, ClientBodyFault, ClientBodyWatch, FromClient};
 use crate::error::{ProxyError, ServedBy};
 use crate::headers;
 use crate::listener::ConnInfo;
 use crate::snapshot::{Inbound, Route, NONE_LABEL};
 use crate::Shared;
-use http::{Request, Response};
+use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use octopus_config::UnderscoreHeaders;
 use octopus_metrics::TargetMetrics;
 use std::time::Instant;
 use tower::ServiceExt;
@@ -44,66 +45,138 @@ impl Target<'_> {
             Target::Inbound(i) => &i.metrics,
         }
     }
+
+    fn metrics_of(&self, e: &ProxyError) -> &TargetMetrics {
+        self.metrics(e.cluster().map(|c| &**c))
+    }
 }
 
 pub(crate) async fn handle(
     shared: &Shared,
     dir: Direction,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<Body> {
     let start = Instant::now();
     // One lock-free load per request; the Arc keeps this config alive until we finish.
     let snap = shared.snapshot.load_full();
-    let authority = headers::authority(&req);
+    let (early, limits) = match dir {
+        Direction::Outbound => match (snap.outbound.as_ref(), snap.config.outbound.as_ref()) {
+            (Some(out), Some(cfg)) => (&out.no_route, cfg.limits()),
+            _ => return ProxyError::NoRoute.into_response(),
+        },
+        Direction::Inbound => match (snap.inbound.as_ref(), snap.config.inbound.as_ref()) {
+            (Some(inb), Some(cfg)) => (&inb.metrics, cfg.limits()),
+            _ => return ProxyError::NoRoute.into_response(),
+        },
+    };
+    let Some(admitted) = shared.admission(dir).admit(limits.max_requests) else {
+        let listener = match dir {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        };
+        return fail(ProxyError::Overloaded { listener }, early, start);
+    };
+    // Checked before routing: the authority must be one octopus can route on and
+    // forward unchanged, and CONNECT would ask for a raw tunnel.
+    if req.method() == Method::CONNECT {
+        return fail(ProxyError::ConnectUnsupported, early, start);
+    }
+    let authority = match headers::authority(&req) {
+        Ok(a) => a,
+        Err(e) => return fail(e, early, start),
+    };
     let target = match dir {
         Direction::Outbound => {
             let host = authority.as_ref().map(headers::route_host);
-            let Some(out) = snap.outbound.as_ref() else {
-                return ProxyError::NoRoute.into_response();
-            };
-            match out.router.find(host, &req) {
+            match snap
+                .outbound
+                .as_ref()
+                .and_then(|o| o.router.find(host, &req))
+            {
                 Some(route) => Target::Route(route),
-                None => {
-                    let resp = ProxyError::NoRoute.into_response();
-                    out.no_route.record(resp.status().as_u16(), start.elapsed());
-                    return resp;
-                }
+                None => return fail(ProxyError::NoRoute, early, start),
             }
         }
         Direction::Inbound => match snap.inbound.as_ref() {
             Some(inb) => Target::Inbound(inb),
-            None => return ProxyError::NoRoute.into_response(),
+            None => return fail(ProxyError::NoRoute, early, start),
         },
     };
-    let service = match &target {
-        Target::Route(r) => r.service.clone(),
-        Target::Inbound(i) => i.cluster.service(),
+    // From here a request that ends without an answer (the client went away) is
+    // recorded as 499 client_aborted when its future is dropped.
+    let mut outcome = Outcome {
+        metrics: target.metrics(None),
+        start,
+        recorded: false,
     };
-
-    if dir == Direction::Inbound {
-        // Only octopus may say who the peer is: a client-sent value is never trusted.
-        req.headers_mut().remove(PEER_IDENTITY);
-        if conn.tls && !conn.allowed {
-            let resp = ProxyError::IdentityNotAllowed.into_response();
-            if let Some(inb) = snap.inbound.as_ref() {
-                inb.metrics.record(resp.status().as_u16(), start.elapsed());
-            }
-            return resp;
+    let rules = (authority, limits.headers_with_underscores);
+    let resp = match forward(dir, conn, &target, rules, admitted, req).await {
+        Ok(resp) => {
+            let cluster = resp.extensions().get::<ServedBy>().map(|s| s.0.clone());
+            target
+                .metrics(cluster.as_deref())
+                .record(resp.status().as_u16(), start.elapsed());
+            resp
         }
-        if let Some(id) = conn
-            .identity
-            .as_deref()
-            .and_then(|id| http::HeaderValue::from_str(id).ok())
-        {
-            req.headers_mut().insert(PEER_IDENTITY, id);
+        Err(e) => {
+            tracing::debug!(?dir, route = target.name(), error = %e, fault = e.fault().name(), "request failed");
+            let metrics = target.metrics_of(&e);
+            fail(e, metrics, start)
+        }
+    };
+    outcome.recorded = true;
+    resp
+}
+
+/// Records a failure and turns it into the client's answer.
+fn fail(e: ProxyError, metrics: &TargetMetrics, start: Instant) -> Response<Body> {
+    metrics.record(e.recorded_status(), start.elapsed());
+    metrics.error(e.kind());
+    e.into_response()
+}
+
+/// Records a request dropped before it was answered: the client closed its connection
+/// or reset its stream. nginx logs these as 499; they are never an endpoint's fault.
+struct Outcome<'a> {
+    metrics: &'a TargetMetrics,
+    start: Instant,
+    recorded: bool,
+}
+
+impl Drop for Outcome<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.metrics
+                .record(crate::error::CLIENT_CLOSED, self.start.elapsed());
+            self.metrics.error("client_aborted");
         }
     }
-    let upgrade = headers::is_upgrade_request(&req);
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let max_body = match &target {
-        Target::Route(r) => r.max_body,
-        Target::Inbound(_) => None,
+}
+
+/// Applies the trust rules to a routed request, calls the target's stack, and checks
+/// what comes back. The order matters: hop-by-hop headers (and those `Connection`
+/// names) and underscore look-alikes go first, then octopus sets its own headers, so
+/// no client header can remove or imitate them.
+async fn forward(
+    dir: Direction,
+    conn: &ConnInfo,
+    target: &Target<'_>,
+    (authority, underscores): (Option<http::uri::Authority>, UnderscoreHeaders),
+    admitted: crate::admission::Admitted,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    if let Target::Inbound(_) = target {
+        if conn.tls && !conn.allowed {
+            return Err(ProxyError::IdentityNotAllowed);
+        }
+    }
+    if headers::has_foreign_transfer_coding(req.headers()) {
+        return Err(ProxyError::UnsupportedTransferCoding);
+    }
+    let (max_body, upgrades, body_timeout) = match target {
+        Target::Route(r) => (r.max_body, &r.upgrades, r.request_body_timeout),
+        Target::Inbound(i) => (None, &i.upgrades, i.request_body_timeout),
     };
     if let Some(limit) = max_body {
         // A declared length over the limit is refused before anything is sent.
@@ -113,71 +186,97 @@ pub(crate) async fn handle(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
-            let resp = ProxyError::BodyTooLarge.into_response();
-            target
-                .metrics(None)
-                .record(resp.status().as_u16(), start.elapsed());
-            return resp;
-        }
-    }
-    let mut req = match max_body {
-        // A streamed body is cut off once it passes the limit (see `body::Limited`).
-        Some(limit) => req.map(|b| body::Body::new(body::Limited::new(b, limit))),
-        None => req.map(body::boxed),
-    };
-    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
-    // Only octopus' mirror marks a copy as shadow traffic: the local app cannot make
-    // a real request look like one. Inbound keeps it, so the copy a peer's mirror
-    // sent still reaches the shadow app marked.
-    if dir == Direction::Outbound {
-        req.headers_mut().remove(crate::mirror::SHADOW_HEADER);
-    }
-    headers::append_forwarded_for(req.headers_mut(), &conn.forwarded_for);
-    if req.uri().authority().is_none() {
-        if let Some(uri) = authority
-            .as_ref()
-            .and_then(|a| headers::upstream_uri(a, req.uri()))
-        {
-            *req.uri_mut() = uri;
+            return Err(ProxyError::ClientBody {
+                fault: ClientBodyFault::TooLarge,
+                source: None,
+            });
         }
     }
 
-    let resp = match service.oneshot(req).await {
-        Ok(mut resp) => {
-            if headers::is_upgrade_response(&resp) {
-                match downstream_upgrade {
-                    Some(down) => {
-                        let up = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(down, up));
-                        headers::strip_hop_by_hop(resp.headers_mut(), true);
-                        resp
-                    }
-                    // A 101 the client did not ask for cannot be relayed.
-                    None => ProxyError::BadResponse {
-                        cluster: cluster_of(&resp).unwrap_or_else(|| NONE_LABEL.into()),
-                        reason: "switched protocols without an upgrade request",
-                    }
-                    .into_response(),
-                }
-            } else {
-                headers::strip_hop_by_hop(resp.headers_mut(), false);
-                resp
+    // 1. Strip: hop-by-hop headers, any `Upgrade` offer not allowed (h2c above all),
+    //    and underscore look-alikes of reserved names.
+    let offer = headers::allowed_upgrade(&req, upgrades);
+    let downstream_upgrade = offer.is_some().then(|| hyper::upgrade::on(&mut req));
+    headers::strip_hop_by_hop(req.headers_mut(), offer.clone());
+    headers::underscores(req.headers_mut(), underscores)?;
+
+    // 2. Set: what octopus vouches for.
+    match dir {
+        Direction::Inbound => {
+            // Only octopus may say who the peer is: a client-sent value is never trusted.
+            req.headers_mut().remove(PEER_IDENTITY);
+            if let Some(id) = conn
+                .identity
+                .as_deref()
+                .and_then(|id| HeaderValue::from_str(id).ok())
+            {
+                req.headers_mut().insert(PEER_IDENTITY, id);
             }
         }
-        Err(e) => {
-            tracing::debug!(?dir, route = target.name(), error = %e, "request failed");
-            if body::is_too_large(&e) {
-                ProxyError::BodyTooLarge.into_response()
-            } else {
-                e.into_response()
+        // Only octopus' mirror marks a copy as shadow traffic: the local app cannot
+        // make a real request look like one. Inbound keeps it, so the copy a peer's
+        // mirror sent still reaches the shadow app marked.
+        Direction::Outbound => {
+            req.headers_mut().remove(crate::mirror::SHADOW_HEADER);
+        }
+    }
+    headers::append_forwarded_for(req.headers_mut(), &conn.forwarded_for);
+    if let Some(a) = &authority {
+        // The upstream sees the authority octopus routed on, in `Host` too.
+        let same = req
+            .headers()
+            .get(header::HOST)
+            .is_some_and(|h| h.as_bytes() == a.as_str().as_bytes());
+        if !same {
+            let host = HeaderValue::from_str(a.as_str())
+                .map_err(|_| ProxyError::BadRequest("invalid request authority"))?;
+            req.headers_mut().insert(header::HOST, host);
+        }
+        if req.uri().authority().is_none() {
+            if let Some(uri) = headers::upstream_uri(a, req.uri()) {
+                *req.uri_mut() = uri;
             }
         }
+    }
+
+    // The body as octopus forwards it: errors are the client's, with a size limit and
+    // a stall timeout. A request without a body needs none of it.
+    let req = if http_body::Body::is_end_stream(req.body()) {
+        req.map(body::boxed)
+    } else {
+        let watch = ClientBodyWatch::default();
+        req.extensions_mut().insert(watch.clone());
+        req.map(|b| Body::new(FromClient::new(b, max_body, body_timeout, watch)))
     };
-    let cluster = resp.extensions().get::<ServedBy>().map(|s| s.0.clone());
-    target
-        .metrics(cluster.as_deref())
-        .record(resp.status().as_u16(), start.elapsed());
-    resp
+
+    let service = match target {
+        Target::Route(r) => r.service.clone(),
+        Target::Inbound(i) => i.cluster.service(),
+    };
+    let mut resp = service.oneshot(req).await?;
+    if headers::is_upgrade_response(&resp) {
+        let (Some(down), Some(offered)) = (downstream_upgrade, offer.as_ref()) else {
+            // A 101 the client did not ask for (or octopus removed) cannot be relayed.
+            return Err(ProxyError::BadResponse {
+                cluster: cluster_of(&resp).unwrap_or_else(|| NONE_LABEL.into()),
+                reason: "switched protocols without an allowed upgrade request",
+            });
+        };
+        if !headers::upgrade_matches(&resp, offered) {
+            return Err(ProxyError::BadResponse {
+                cluster: cluster_of(&resp).unwrap_or_else(|| NONE_LABEL.into()),
+                reason: "switched to a protocol the client did not offer",
+            });
+        }
+        let chosen = resp.headers().get(header::UPGRADE).cloned();
+        let up = hyper::upgrade::on(&mut resp);
+        // The tunnel keeps the listener's admission: it holds two descriptors.
+        tokio::spawn(tunnel(down, up, admitted));
+        headers::strip_hop_by_hop(resp.headers_mut(), chosen);
+        return Ok(resp);
+    }
+    headers::strip_hop_by_hop(resp.headers_mut(), None);
+    Ok(resp.map(|b| b.hold(admitted)))
 }
 
 fn cluster_of<B>(resp: &Response<B>) -> Option<std::sync::Arc<str>> {
@@ -185,7 +284,7 @@ fn cluster_of<B>(resp: &Response<B>) -> Option<std::sync::Arc<str>> {
 }
 
 /// Splices the client's and the upstream's upgraded connections until either closes.
-async fn tunnel(down: OnUpgrade, up: OnUpgrade) {
+async fn tunnel(down: OnUpgrade, up: OnUpgrade, _admitted: crate::admission::Admitted) {
     match tokio::try_join!(down, up) {
         Ok((down, up)) => {
             let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));

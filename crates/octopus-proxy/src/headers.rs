@@ -1,23 +1,42 @@
-//! Header rules applied at the proxy hop: hop-by-hop removal (RFC 9110 section 7.6.1),
-//! `x-forwarded-for`, and reading the request's authority for routing.
+//! Header rules applied at the proxy hop, in the order the handler applies them:
+//! hop-by-hop removal (RFC 9110 section 7.6.1) first, underscore look-alikes next,
+//! then octopus' own headers are set, so nothing a client sends can remove or forge
+//! them. Also: which `Upgrade` offers may pass, and the request's authority, checked.
 
+use crate::error::ProxyError;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
+use octopus_config::UnderscoreHeaders;
 use std::net::IpAddr;
 
 /// Headers that describe one connection, never forwarded (`TE` is handled apart).
-const HOP_BY_HOP: [HeaderName; 5] = [
+/// `HTTP2-Settings` belongs to an `h2c` upgrade (RFC 9113 section 3.1 of RFC 7540),
+/// which never passes.
+const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
-/// Removes hop-by-hop headers, including any the `Connection` header names. With
-/// `keep_upgrade` the `Connection: upgrade` / `Upgrade` pair is kept, so a WebSocket
-/// handshake can reach the upstream.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+/// Prefix of the headers octopus itself sets (peer identity, shadow mark, attempts).
+pub const OWN_PREFIX: &str = "x-octopus-";
+pub const FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// Names a client may not make octopus remove by listing them in `Connection`, nor
+/// imitate with underscores: what the app is told to trust, and what routing used.
+pub fn is_reserved(name: &str) -> bool {
+    name.starts_with(OWN_PREFIX) || name == FORWARDED_FOR || name == "host"
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names, except
+/// reserved ones (a `Connection: x-octopus-peer-identity` is ignored, not honoured).
+/// With `keep_upgrade` set to the offer that may pass, the `Connection: upgrade` /
+/// `Upgrade` pair is kept with that value, so a WebSocket handshake reaches the
+/// upstream; any other `Upgrade` is removed and the request proxied as usual.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: Option<HeaderValue>) {
     // Most messages carry none of these: one pass over the names is cheaper than
     // hashing each hop-by-hop name for a removal (measured: ~800 instructions saved
     // per request, callgrind).
@@ -30,10 +49,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !is_reserved(n.as_str()))
         .collect();
-    let upgrade = keep_upgrade
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten();
     // `TE: trailers` is kept: gRPC requires it end to end, and it promises nothing about
     // this connection that the next hop could misread. Any other TE is dropped.
     let te_trailers = headers
@@ -45,7 +62,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    if let Some(u) = upgrade {
+    if let Some(u) = keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, u);
     }
@@ -55,11 +72,75 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.iter().any(|h| h == name)
 }
 
-/// True for an HTTP/1.1 request that asks to switch protocols (e.g. WebSocket).
-pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
-    req.version() == http::Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && connection_has(req.headers(), "upgrade")
+/// Applies the listener's underscore rule. A name that equals a reserved one once `_`
+/// reads as `-` (`x_octopus_peer_identity`) is always dropped: CGI/WSGI apps see both
+/// spellings as one variable. Other names with `_` follow `action`.
+pub fn underscores(headers: &mut HeaderMap, action: UnderscoreHeaders) -> Result<(), ProxyError> {
+    // The common case: no name has an underscore; nothing allocates.
+    if !headers.keys().any(|n| n.as_str().contains('_')) {
+        return Ok(());
+    }
+    let mut doomed = Vec::new();
+    for name in headers.keys().filter(|n| n.as_str().contains('_')) {
+        let dashed = name.as_str().replace('_', "-");
+        if is_reserved(&dashed) {
+            doomed.push(name.clone());
+            continue;
+        }
+        match action {
+            UnderscoreHeaders::Allow => {}
+            UnderscoreHeaders::Drop => doomed.push(name.clone()),
+            UnderscoreHeaders::Reject => {
+                return Err(ProxyError::BadRequest("header name with an underscore"))
+            }
+        }
+    }
+    for name in doomed {
+        headers.remove(&name);
+    }
+    Ok(())
+}
+
+/// The part of the request's `Upgrade` offer that `allowed` permits (protocol names,
+/// case-insensitive; `websocket/13` matches `websocket`), or `None` when the request is
+/// not an HTTP/1.1 upgrade or offers nothing allowed.
+pub fn allowed_upgrade<B>(req: &Request<B>, allowed: &[String]) -> Option<HeaderValue> {
+    if req.version() != http::Version::HTTP_11 || !connection_has(req.headers(), "upgrade") {
+        return None;
+    }
+    let offer = req.headers().get(header::UPGRADE)?.to_str().ok()?;
+    let kept: Vec<&str> = offer
+        .split(',')
+        .map(str::trim)
+        .filter(|p| {
+            let name = p.split('/').next().unwrap_or_default();
+            allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+        })
+        .collect();
+    match kept.as_slice() {
+        [] => None,
+        [one] if *one == offer => req.headers().get(header::UPGRADE).cloned(),
+        _ => HeaderValue::from_str(&kept.join(", ")).ok(),
+    }
+}
+
+/// Whether a 101 switches to a protocol from `offered` (the offer octopus passed on).
+pub fn upgrade_matches<B>(resp: &Response<B>, offered: &HeaderValue) -> bool {
+    let Some(chosen) = resp
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let chosen = chosen.split('/').next().unwrap_or_default().trim();
+    offered.to_str().unwrap_or_default().split(',').any(|p| {
+        p.trim()
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .eq_ignore_ascii_case(chosen)
+    })
 }
 
 pub fn is_upgrade_response<B>(resp: &Response<B>) -> bool {
@@ -73,6 +154,18 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether a message's `Transfer-Encoding` names a coding other than `chunked`. hyper
+/// removes the chunked framing and octopus re-frames the body, so any other coding
+/// would reach the next hop as bytes nothing marks (RFC 9112 section 6.1).
+pub fn has_foreign_transfer_coding(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|c| c.trim_ascii())
+        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"))
 }
 
 /// A client address as an `x-forwarded-for` element, formatted once per connection
@@ -113,14 +206,57 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, client: &ForwardedFor) {
     }
 }
 
-/// The request's authority: the URI's (HTTP/2 `:authority`, absolute-form) or the
-/// `Host` header's. `None` when neither is present or it is not a valid authority.
-pub fn authority<B>(req: &Request<B>) -> Option<http::uri::Authority> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.clone());
+/// The authority octopus routes on and the upstream will see: the URI's (absolute
+/// form, HTTP/2 `:authority`) wins over `Host` (RFC 9112 section 3.2.2, RFC 9113
+/// section 8.3.1). `None` when neither is present. A second `Host` line, userinfo, or
+/// a port that is not a number 0-65535 is a bad request, in either place.
+pub fn authority<B>(req: &Request<B>) -> Result<Option<http::uri::Authority>, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
     }
-    let host = req.headers().get(header::HOST)?.to_str().ok()?;
-    host.parse().ok()
+    let host = match host {
+        Some(v) => {
+            let a: http::uri::Authority = std::str::from_utf8(v.as_bytes())
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(ProxyError::BadRequest("invalid Host header"))?;
+            check_authority(&a)?;
+            Some(a)
+        }
+        None => None,
+    };
+    match req.uri().authority() {
+        Some(a) => {
+            check_authority(a)?;
+            Ok(Some(a.clone()))
+        }
+        None => Ok(host),
+    }
+}
+
+fn check_authority(a: &http::uri::Authority) -> Result<(), ProxyError> {
+    let s = a.as_str();
+    if s.contains('@') {
+        return Err(ProxyError::BadRequest("userinfo in the request authority"));
+    }
+    // What follows the host: nothing, or `:` and a port (RFC 3986 allows it empty).
+    let after_host = match s.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or("", |(_, p)| p),
+        None => s.find(':').map_or("", |i| &s[i..]),
+    };
+    let port = after_host.strip_prefix(':').unwrap_or(after_host);
+    let valid = port.is_empty()
+        || (port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok());
+    if !valid || a.host().is_empty() {
+        return Err(ProxyError::BadRequest(
+            "invalid port or host in the request authority",
+        ));
+    }
+    Ok(())
 }
 
 /// Host name for routing, without port or IPv6 brackets; matching ignores case, so
@@ -159,11 +295,11 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert(header::TE, HeaderValue::from_static("gzip"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
+        strip_hop_by_hop(&mut h, None);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
-        strip_hop_by_hop(&mut h, false);
+        strip_hop_by_hop(&mut h, None);
         assert_eq!(
             h[header::TE],
             "trailers",
@@ -176,7 +312,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        strip_hop_by_hop(&mut h, true);
+        strip_hop_by_hop(&mut h, Some(HeaderValue::from_static("websocket")));
         assert_eq!(h[header::UPGRADE], "websocket");
         assert_eq!(h[header::CONNECTION], "upgrade");
     }
@@ -201,11 +337,125 @@ mod tests {
             .header("host", "Payments:8080")
             .body(())
             .unwrap();
-        let a = authority(&req).unwrap();
+        let a = authority(&req).unwrap().unwrap();
         assert_eq!(route_host(&a), "Payments");
         let uri = upstream_uri(&a, req.uri()).unwrap();
         assert_eq!(uri.to_string(), "http://Payments:8080/x");
         let v6: http::uri::Authority = "[::1]:80".parse().unwrap();
         assert_eq!(route_host(&v6), "::1");
+    }
+
+    #[test]
+    fn connection_cannot_remove_reserved_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-octopus-peer-identity, X-Forwarded-For, host, x-other"),
+        );
+        h.insert(
+            "x-octopus-peer-identity",
+            HeaderValue::from_static("spiffe://a"),
+        );
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("host", HeaderValue::from_static("svc"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, None);
+        assert_eq!(h["x-octopus-peer-identity"], "spiffe://a");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["host"], "svc");
+        assert!(!h.contains_key("x-other"), "named non-reserved headers go");
+    }
+
+    #[test]
+    fn h2c_offers_never_pass_and_websocket_does() {
+        let req = |upgrade: &'static str| {
+            Request::get("/")
+                .header("connection", "Upgrade, HTTP2-Settings")
+                .header("upgrade", upgrade)
+                .header("http2-settings", "AAMAAABkAAQAAP__")
+                .body(())
+                .unwrap()
+        };
+        let ws = vec!["websocket".to_string()];
+        assert_eq!(allowed_upgrade(&req("h2c"), &ws), None);
+        assert_eq!(
+            allowed_upgrade(&req("h2c, websocket"), &ws).unwrap(),
+            "websocket"
+        );
+        assert_eq!(
+            allowed_upgrade(&req("WebSocket/13"), &ws).unwrap(),
+            "WebSocket/13"
+        );
+        assert_eq!(allowed_upgrade(&req("websocket"), &[]), None);
+        let mut r = req("h2c");
+        strip_hop_by_hop(r.headers_mut(), None);
+        assert!(r.headers().is_empty(), "{:?}", r.headers());
+        let resp = Response::builder()
+            .status(101)
+            .header("upgrade", "h2c")
+            .body(())
+            .unwrap();
+        assert!(!upgrade_matches(
+            &resp,
+            &HeaderValue::from_static("websocket")
+        ));
+    }
+
+    #[test]
+    fn underscore_rules() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x_octopus_peer_identity",
+            HeaderValue::from_static("forged"),
+        );
+        h.insert("x_forwarded_for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x_app_thing", HeaderValue::from_static("1"));
+        let mut allow = h.clone();
+        underscores(&mut allow, UnderscoreHeaders::Allow).unwrap();
+        assert_eq!(allow.len(), 1);
+        assert!(allow.contains_key("x_app_thing"));
+        let mut drop = h.clone();
+        underscores(&mut drop, UnderscoreHeaders::Drop).unwrap();
+        assert!(drop.is_empty());
+        assert!(underscores(&mut h, UnderscoreHeaders::Reject).is_err());
+    }
+
+    #[test]
+    fn authority_is_checked_and_the_uri_wins() {
+        let req = |uri: &str, hosts: &[&str]| {
+            let mut b = Request::builder().uri(uri);
+            for h in hosts {
+                b = b.header("host", *h);
+            }
+            b.body(()).unwrap()
+        };
+        let a = authority(&req("http://svc/x", &["evil.example"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.as_str(), "svc");
+        assert!(authority(&req("/", &["svc", "evil"])).is_err());
+        for bad in ["evil@svc", "svc:abc", "svc:99999", "svc:-1"] {
+            assert!(authority(&req("/", &[bad])).is_err(), "{bad}");
+        }
+        assert!(authority(&req("http://evil@svc/", &[])).is_err());
+        for good in ["svc", "svc:8080", "[::1]:80", "svc:"] {
+            assert!(authority(&req("/", &[good])).unwrap().is_some(), "{good}");
+        }
+        assert!(authority(&req("/", &[])).unwrap().is_none());
+    }
+
+    #[test]
+    fn foreign_transfer_codings_are_seen() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(!has_foreign_transfer_coding(&h));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        assert!(has_foreign_transfer_coding(&h));
     }
 }

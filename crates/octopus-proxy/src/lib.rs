@@ -9,10 +9,12 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+pub mod admission;
 pub mod balance;
 pub mod body;
 pub mod breaker;
 pub mod cluster;
+pub mod descriptors;
 pub mod endpoint;
 pub mod error;
 pub mod handler;
@@ -47,6 +49,21 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<octopus_metrics::Metrics>,
     pub(crate) build: cluster::BuildContext,
     pub(crate) ready: AtomicBool,
+    /// Requests in progress per traffic listener side (`max_requests`); kept across
+    /// reloads and listener moves.
+    pub(crate) outbound_requests: Arc<admission::Admission>,
+    pub(crate) inbound_requests: Arc<admission::Admission>,
+    /// Each side's share of file descriptors.
+    pub(crate) descriptors: descriptors::Budget,
     /// Serialises `/metrics` scrapes (see `admin::refresh_endpoint_gauges`).
     pub(crate) scrape: std::sync::Mutex<()>,
+}
+
+impl Shared {
+    pub(crate) fn admission(&self, dir: handler::Direction) -> &Arc<admission::Admission> {
+        match dir {
+            handler::Direction::Outbound => &self.outbound_requests,
+            handler::Direction::Inbound => &self.inbound_requests,
+        }
+    }
 }

@@ -54,6 +54,11 @@ pub(crate) trait Settings: Send + Sync + 'static {
     fn tls(&self) -> Option<Arc<octopus_tls::ServerTls>> {
         None
     }
+    /// The descriptor group this listener's connections draw from (none for admin,
+    /// which lives on the reserve).
+    fn descriptors(&self) -> Option<Arc<crate::descriptors::Group>> {
+        None
+    }
 }
 
 /// Fixed settings (the admin listener).
@@ -103,6 +108,8 @@ pub(crate) async fn serve<H, Fut>(
         .with_label_values(&[name]);
     // Out of descriptors, every accept fails: log once per interval, count them all.
     let mut last_warning: Option<std::time::Instant> = None;
+    let mut last_fd_warning: Option<Instant> = None;
+    let descriptors = settings.descriptors();
     // Each connection task holds a sender; the drain is over when all are dropped.
     let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let accepted = metrics.connections_total.with_label_values(&[name]);
@@ -141,6 +148,27 @@ pub(crate) async fn serve<H, Fut>(
             drop(stream);
             continue;
         }
+        // The side's descriptor share spent (its upstream connections count too):
+        // refuse this one so the other side and the admin port keep theirs.
+        let fd = match &descriptors {
+            Some(g) => match g.acquire() {
+                Some(slot) => Some(slot),
+                None => {
+                    refused.inc();
+                    if last_fd_warning.is_none_or(|t| t.elapsed() >= ACCEPT_WARNING_INTERVAL) {
+                        last_fd_warning = Some(Instant::now());
+                        tracing::warn!(
+                            listener = name,
+                            budget = g.capacity(),
+                            "file-descriptor budget of this side spent; refusing connections (counted in octopus_listener_overflow_total)"
+                        );
+                    }
+                    drop(stream);
+                    continue;
+                }
+            },
+            None => None,
+        };
         open.fetch_add(1, Ordering::AcqRel);
         let open_guard = OpenConnection(open.clone());
         accepted.inc();
@@ -186,6 +214,7 @@ pub(crate) async fn serve<H, Fut>(
                 tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
             }
             active.dec();
+            drop(fd);
             drop(open_guard);
             drop(alive);
         });

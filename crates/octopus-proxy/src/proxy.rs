@@ -188,6 +188,15 @@ impl listener::Settings for FromSnapshot {
         limits.unwrap_or_default()
     }
 
+    fn descriptors(&self) -> Option<Arc<crate::descriptors::Group>> {
+        let d = &self.shared.descriptors;
+        match self.kind {
+            Kind::Outbound => Some(d.outbound.clone()),
+            Kind::Inbound => Some(d.inbound.clone()),
+            Kind::Admin => None,
+        }
+    }
+
     fn tls(&self) -> Option<Arc<octopus_tls::ServerTls>> {
         match self.kind {
             Kind::Inbound => self
@@ -228,9 +237,18 @@ impl Proxy {
                 bound.push((kind, bind(kind, addr).await?, addr.clone()));
             }
         }
+        let descriptors =
+            crate::descriptors::Budget::from_limit(crate::descriptors::nofile_limit());
+        tracing::info!(
+            outbound = descriptors.outbound.capacity(),
+            inbound = descriptors.inbound.capacity(),
+            "file descriptors per side (connections from clients plus to upstreams)"
+        );
         let ctx = BuildContext {
             metrics: metrics.clone(),
             resolver,
+            descriptors: Some(descriptors.outbound.clone()),
+            inbound_descriptors: Some(descriptors.inbound.clone()),
         };
         let snapshot = Snapshot::compile(config, 1, source, digest, None, &ctx).await?;
         metrics.config_generation.set(1);
@@ -239,6 +257,9 @@ impl Proxy {
             metrics,
             build: ctx,
             ready: AtomicBool::new(false),
+            outbound_requests: crate::admission::Admission::new(),
+            inbound_requests: crate::admission::Admission::new(),
+            descriptors,
             scrape: std::sync::Mutex::new(()),
         });
         let mut listeners = Listeners::default();

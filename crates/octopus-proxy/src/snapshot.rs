@@ -7,7 +7,6 @@
 //! but takes over the endpoints (pools, counters, health) whose address stays.
 
 pub use crate::cluster::{BuildContext, Cluster};
-use crate::endpoint::{Endpoint, Settings};
 use crate::mirror::MirrorLayer;
 use crate::retry::RetryLayer;
 use crate::router::{Matcher, Router};
@@ -34,6 +33,9 @@ pub struct Route {
     pub name: Arc<str>,
     /// `max_request_body_bytes`, if set.
     pub max_body: Option<u64>,
+    /// Protocols a client may `Upgrade` to.
+    pub upgrades: Vec<String>,
+    pub request_body_timeout: Duration,
     pub service: BoxService,
     targets: Vec<(Arc<str>, TargetMetrics)>,
     /// For responses that name no cluster (e.g. the route timeout fired): the route's
@@ -60,6 +62,9 @@ pub struct Inbound {
     pub tls: Option<Arc<octopus_tls::ServerTls>>,
     pub cluster: Arc<Cluster>,
     pub forward_to: SocketAddr,
+    /// Protocols a peer may `Upgrade` to.
+    pub upgrades: Vec<String>,
+    pub request_body_timeout: Duration,
     pub protocol: Protocol,
     pub metrics: TargetMetrics,
 }
@@ -172,6 +177,8 @@ impl Snapshot {
                         Route {
                             name: r.name.as_str().into(),
                             max_body: r.max_request_body_bytes,
+                            upgrades: r.upgrades.clone(),
+                            request_body_timeout: r.request_body_timeout.get(),
                             service,
                             targets,
                             fallback,
@@ -194,33 +201,37 @@ impl Snapshot {
                         inb.forward_to
                     ))
                 })?;
-                let reused = previous
+                // The local app is a one-endpoint cluster with the inbound limits; its
+                // connections draw from the inbound side's descriptors.
+                let spec = ClusterConfig {
+                    lb: Default::default(),
+                    protocol: inb.app_protocol,
+                    endpoints: vec![octopus_config::EndpointConfig {
+                        address: inb.forward_to.clone(),
+                        weight: 1,
+                    }],
+                    connect_timeout: octopus_config::Duration(INBOUND_CONNECT_TIMEOUT),
+                    dns_refresh_interval: octopus_config::Duration(INBOUND_CONNECT_TIMEOUT),
+                    circuit_breaker: Some(inb.circuit_breaker.clone()),
+                    outlier_detection: None,
+                    health_check: None,
+                    tls: None,
+                    max_response_header_bytes: octopus_config::DEFAULT_MAX_HEADER_BYTES,
+                    max_response_headers: octopus_config::DEFAULT_MAX_HEADERS,
+                };
+                let old = previous
                     .and_then(|p| p.inbound.as_ref())
-                    .filter(|i| i.forward_to == forward_to && i.protocol == inb.app_protocol)
-                    .map(|i| i.cluster.clone());
-                let cluster = reused.unwrap_or_else(|| {
-                    let spec = ClusterConfig {
-                        lb: Default::default(),
-                        protocol: inb.app_protocol,
-                        endpoints: vec![],
-                        connect_timeout: octopus_config::Duration(INBOUND_CONNECT_TIMEOUT),
-                        dns_refresh_interval: octopus_config::Duration(INBOUND_CONNECT_TIMEOUT),
-                        circuit_breaker: None,
-                        outlier_detection: None,
-                        health_check: None,
-                        tls: None,
-                        max_response_header_bytes: octopus_config::DEFAULT_MAX_HEADER_BYTES,
-                        max_response_headers: octopus_config::DEFAULT_MAX_HEADERS,
-                    };
-                    let ep = Endpoint::new(
-                        LOCAL_APP.into(),
-                        forward_to,
-                        Settings::of(&spec),
-                        None,
-                        None,
-                    );
-                    Cluster::single(LOCAL_APP, spec, ep)
-                });
+                    .map(|i| &i.cluster);
+                let cluster = match old.filter(|c| c.spec == spec) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let app_ctx = BuildContext {
+                            descriptors: ctx.inbound_descriptors.clone(),
+                            ..ctx.clone()
+                        };
+                        Cluster::build(LOCAL_APP, &spec, old.map(|c| &**c), &app_ctx).await?
+                    }
+                };
                 let tls = match &inb.tls {
                     None => None,
                     Some(spec) => Some(
@@ -239,6 +250,8 @@ impl Snapshot {
                     tls,
                     cluster,
                     forward_to,
+                    upgrades: inb.upgrades.clone(),
+                    request_body_timeout: inb.request_body_timeout.get(),
                     protocol: inb.app_protocol,
                     metrics: metrics.target("inbound", INBOUND_ROUTE, LOCAL_APP),
                 })

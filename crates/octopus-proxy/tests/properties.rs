@@ -22,6 +22,7 @@ fn members(weights: &[u32]) -> Vec<Member> {
                 Settings::new(Protocol::Http1, Duration::from_secs(1)),
                 None,
                 None,
+                None,
             ),
             weight,
         })

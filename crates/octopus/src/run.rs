@@ -88,6 +88,9 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before anything opens descriptors: the proxy sizes its per-side budgets from it.
+    let nofile = octopus_proxy::descriptors::raise_nofile_limit();
+    tracing::debug!(nofile, "open-file limit");
     let workers = args
         .worker_threads
         .unwrap_or_else(crate::workers::default_worker_threads)

@@ -254,6 +254,7 @@ pub(crate) mod testing {
                     Settings::new(Protocol::Http1, Duration::from_secs(1)),
                     None,
                     None,
+                    None,
                 ),
                 weight,
             })

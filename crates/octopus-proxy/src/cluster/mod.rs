@@ -10,6 +10,7 @@ pub use dns::{Resolve, SystemResolver};
 
 use crate::balance::{Balancer, Member, Membership};
 use crate::breaker::{LimitLayer, Limits};
+use crate::descriptors::Group;
 use crate::endpoint::{Endpoint, EndpointStats, Settings};
 use crate::outlier::Outlier;
 use crate::snapshot::CompileError;
@@ -32,12 +33,16 @@ pub struct MemberView {
     pub available: bool,
 }
 
-/// What building clusters needs from the process: the metrics registry and the DNS
-/// resolver.
+/// What building clusters needs from the process: the metrics registry, the DNS
+/// resolver, and the descriptor group their upstream connections draw from.
 #[derive(Clone)]
 pub struct BuildContext {
     pub metrics: Arc<Metrics>,
     pub resolver: Arc<dyn Resolve>,
+    /// The outbound side's group: every cluster but the local app's.
+    pub descriptors: Option<Arc<Group>>,
+    /// The inbound side's group: the local app's connections.
+    pub inbound_descriptors: Option<Arc<Group>>,
 }
 
 pub struct Cluster {
@@ -72,6 +77,7 @@ pub(crate) struct EndpointPool {
     limits: Option<Arc<Limits>>,
     /// The cluster's TLS client, shared by all its endpoints.
     tls: Option<Arc<ClientTls>>,
+    descriptors: Option<Arc<Group>>,
 }
 
 impl EndpointPool {
@@ -79,8 +85,9 @@ impl EndpointPool {
         cluster: Arc<str>,
         spec: &ClusterConfig,
         previous: Option<&Cluster>,
-        metrics: &Arc<octopus_metrics::Metrics>,
+        ctx: &BuildContext,
     ) -> Result<Self, CompileError> {
+        let metrics = &ctx.metrics;
         // Endpoints carry the connection settings and the limits counter they were
         // built with: reuse them only when those are unchanged.
         let compatible = previous.filter(|p| {
@@ -132,11 +139,18 @@ impl EndpointPool {
             known,
             limits,
             tls,
+            descriptors: ctx.descriptors.clone(),
         })
     }
 
     fn get(&mut self, addr: SocketAddr) -> Arc<Endpoint> {
-        let (cluster, spec, limits, tls) = (&self.cluster, &self.spec, &self.limits, &self.tls);
+        let (cluster, spec, limits, tls, fds) = (
+            &self.cluster,
+            &self.spec,
+            &self.limits,
+            &self.tls,
+            &self.descriptors,
+        );
         self.known
             .entry(addr)
             .or_insert_with(|| {
@@ -146,6 +160,7 @@ impl EndpointPool {
                     Settings::of(spec),
                     limits.clone(),
                     tls.clone(),
+                    fds.clone(),
                 )
             })
             .clone()
@@ -184,7 +199,7 @@ impl Cluster {
         ctx: &BuildContext,
     ) -> Result<Arc<Cluster>, CompileError> {
         let name: Arc<str> = name.into();
-        let mut pool = EndpointPool::new(name.clone(), spec, previous, &ctx.metrics)?;
+        let mut pool = EndpointPool::new(name.clone(), spec, previous, ctx)?;
         let names: Vec<HostPort> = spec
             .endpoints
             .iter()
@@ -259,31 +274,6 @@ impl Cluster {
             tasks,
             resolved: shared_resolved,
         }))
-    }
-
-    /// A one-endpoint cluster (the inbound listener's local app).
-    pub fn single(name: &str, spec: ClusterConfig, endpoint: Arc<Endpoint>) -> Arc<Cluster> {
-        let name: Arc<str> = name.into();
-        let membership = Membership::new(vec![Member {
-            endpoint,
-            weight: 1,
-        }]);
-        let service = BoxService::new(Balancer::new(
-            name.clone(),
-            membership.clone(),
-            spec.lb,
-            None,
-        ));
-        Arc::new(Cluster {
-            name,
-            spec,
-            members: membership,
-            service,
-            limits: None,
-            tls: None,
-            tasks: Vec::new(),
-            resolved: Arc::default(),
-        })
     }
 
     /// Stops DNS refresh and health checks. Called when a reload replaced this cluster

@@ -3,6 +3,7 @@
 //! With a cluster connection limit, every open connection holds a slot until closed.
 
 use crate::breaker::Limits;
+use crate::descriptors;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use octopus_tls::ClientTls;
@@ -36,6 +37,9 @@ pub enum ConnectError {
     /// The cluster's `max_connections` is reached.
     #[error("connection limit of the cluster reached")]
     Overflow,
+    /// The listener side's share of file descriptors is spent (see `descriptors`).
+    #[error("the {0} side's file-descriptor budget is spent")]
+    Descriptors(&'static str),
 }
 
 #[derive(Clone)]
@@ -44,6 +48,7 @@ pub struct Connector {
     timeout: Duration,
     limits: Option<Arc<Limits>>,
     tls: Option<Arc<ClientTls>>,
+    descriptors: Option<Arc<descriptors::Group>>,
 }
 
 impl Connector {
@@ -52,12 +57,14 @@ impl Connector {
         timeout: Duration,
         limits: Option<Arc<Limits>>,
         tls: Option<Arc<ClientTls>>,
+        descriptors: Option<Arc<descriptors::Group>>,
     ) -> Self {
         Connector {
             addr,
             timeout,
             limits,
             tls,
+            descriptors,
         }
     }
 }
@@ -78,6 +85,16 @@ impl tower::Service<http::Uri> for Connector {
             self.limits.clone(),
             self.tls.clone(),
         );
+        let fd = match &self.descriptors {
+            Some(g) => match g.acquire() {
+                Some(slot) => Some(slot),
+                None => {
+                    let side = g.name();
+                    return Box::pin(async move { Err(ConnectError::Descriptors(side)) });
+                }
+            },
+            None => None,
+        };
         Box::pin(async move {
             let slot = match limits {
                 Some(l) => Some(l.open_connection().ok_or(ConnectError::Overflow)?),
@@ -104,7 +121,11 @@ impl tower::Service<http::Uri> for Connector {
             let io = tokio::time::timeout(timeout, connect)
                 .await
                 .map_err(|_| ConnectError::Timeout { addr, timeout })??;
-            Ok(Conn { io, _slot: slot })
+            Ok(Conn {
+                io,
+                _slot: slot,
+                _fd: fd,
+            })
         })
     }
 }
@@ -119,6 +140,7 @@ enum Io {
 pub struct Conn {
     io: Io,
     _slot: Option<crate::breaker::ConnectionSlot>,
+    _fd: Option<descriptors::Slot>,
 }
 
 impl Connection for Conn {

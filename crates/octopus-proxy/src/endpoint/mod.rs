@@ -7,9 +7,11 @@ mod connector;
 pub use connector::{ConnectError, Connector};
 
 use crate::balance::Membership;
+use crate::body::ClientBodyWatch;
 use crate::body::{self, Body, BoxError};
 use crate::breaker::Limits;
-use crate::error::{ProxyError, ServedBy};
+use crate::error::{find_cause, Fault, ProxyError, ServedBy};
+use crate::headers;
 use crate::outlier::{Outlier, OutlierState};
 use http::{header, Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
@@ -102,6 +104,7 @@ impl Endpoint {
         settings: Settings,
         limits: Option<Arc<Limits>>,
         tls: Option<Arc<ClientTls>>,
+        descriptors: Option<Arc<crate::descriptors::Group>>,
     ) -> Arc<Self> {
         let protocol = settings.protocol;
         let mut builder = Client::builder(TokioExecutor::new());
@@ -115,7 +118,13 @@ impl Endpoint {
         if protocol == Protocol::Http2 {
             builder.http2_only(true);
         }
-        let client = builder.build(Connector::new(addr, settings.connect_timeout, limits, tls));
+        let client = builder.build(Connector::new(
+            addr,
+            settings.connect_timeout,
+            limits,
+            tls,
+            descriptors,
+        ));
         let authority = addr
             .to_string()
             .parse()
@@ -317,104 +326,116 @@ impl tower::Service<Request<Body>> for EndpointService {
         let outlier = self.outlier.clone();
         Box::pin(async move {
             ep.prepare(&mut req)?;
+            // Set by the client's body when it fails: then the exchange failed
+            // because of the client, whatever the upstream client reports.
+            let client_body = req.extensions().get::<ClientBodyWatch>().cloned();
             ep.requests.fetch_add(1, Ordering::Relaxed);
             ep.in_flight.fetch_add(1, Ordering::Relaxed);
             let guard = InFlight(ep.clone());
             let result = ep.client.request(req).await;
-            let failed = match &result {
-                Ok(resp) => resp.status().is_server_error(),
-                Err(e) => !is_overflow(e),
-            };
-            if failed {
-                ep.failures.fetch_add(1, Ordering::Relaxed);
-            }
-            // A refusal by our own connection limit says nothing about the endpoint.
-            let refused_locally = matches!(&result, Err(e) if is_overflow(e));
-            if let (Some(o), false) = (&outlier, refused_locally) {
-                o.record(&ep, !failed);
-            }
-            match result {
-                Ok(resp) => {
-                    // The request stays in flight until its response body is done.
-                    let mut resp = resp.map(|b| Body::new(body::Guarded::new(b, guard)));
-                    resp.extensions_mut().insert(ServedBy(ep.cluster.clone()));
-                    Ok(resp)
+            let client_fault = client_body.as_ref().and_then(ClientBodyWatch::fault);
+            let result = match (result, client_fault) {
+                (Err(e), Some(fault)) => {
+                    tracing::debug!(cluster = %ep.cluster, endpoint = %ep.addr, ?fault, error = %error_chain(&e), "request failed on the client's body; not the endpoint's fault");
+                    return Err(ProxyError::ClientBody {
+                        fault,
+                        source: Some(Box::new(e)),
+                    });
                 }
-                Err(e) => {
-                    let (cluster, endpoint) = (ep.cluster.clone(), ep.addr);
-                    match connect_error(&e) {
-                        Some(ConnectError::Overflow) => {
-                            return Err(ProxyError::Overflow {
-                                cluster,
-                                limit: "max_connections",
-                            })
-                        }
-                        Some(ConnectError::IdentityMismatch { source, .. }) => {
-                            tracing::warn!(%cluster, %endpoint, error = %source, "upstream identity mismatch");
-                            return Err(ProxyError::IdentityMismatch { cluster, endpoint });
-                        }
-                        _ => {}
-                    }
-                    if let Some(reason) = unparsable_response(&e) {
-                        tracing::warn!(%cluster, %endpoint, reason, "refused an upstream response");
-                        return Err(ProxyError::BadResponse { cluster, reason });
-                    }
-                    let connect = e.is_connect();
-                    let source: BoxError = Box::new(e);
-                    tracing::debug!(%cluster, %endpoint, error = %error_chain(&*source), "upstream request failed");
-                    Err(if connect {
-                        ProxyError::ConnectFailed {
-                            cluster,
-                            endpoint,
-                            source,
-                        }
-                    } else {
-                        ProxyError::UpstreamReset {
-                            cluster,
-                            endpoint,
-                            source,
-                        }
+                (Err(e), None) => Err(ep.classify(e)),
+                (Ok(resp), _) if headers::has_foreign_transfer_coding(resp.headers()) => {
+                    tracing::warn!(cluster = %ep.cluster, endpoint = %ep.addr, "refused an upstream response with a transfer coding other than chunked");
+                    Err(ProxyError::BadResponse {
+                        cluster: ep.cluster.clone(),
+                        reason: "transfer coding other than chunked",
                     })
                 }
+                (Ok(resp), _) => Ok(resp),
+            };
+            // Only the upstream's own failures count against it: not our limits, not a
+            // client that went away (its body may fail after the response came).
+            let counted = match &result {
+                Ok(resp) => Some(!resp.status().is_server_error()),
+                Err(e) if e.fault() == Fault::Upstream => Some(false),
+                Err(_) => None,
+            };
+            let counted = counted.filter(|_| client_fault.is_none());
+            if let Some(ok) = counted {
+                if !ok {
+                    ep.failures.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(o) = &outlier {
+                    o.record(&ep, ok);
+                }
             }
+            result.map(|resp| {
+                // The request stays in flight until its response body is done.
+                let mut resp = resp.map(|b| Body::new(body::Guarded::new(b, guard)));
+                resp.extensions_mut().insert(ServedBy(ep.cluster.clone()));
+                resp
+            })
         })
+    }
+}
+
+impl Endpoint {
+    /// The typed error for a failed exchange with this endpoint.
+    fn classify(&self, e: hyper_util::client::legacy::Error) -> ProxyError {
+        let (cluster, endpoint) = (self.cluster.clone(), self.addr);
+        match find_cause::<ConnectError>(&e) {
+            Some(ConnectError::Overflow) => {
+                return ProxyError::Overflow {
+                    cluster,
+                    limit: "max_connections",
+                }
+            }
+            Some(ConnectError::Descriptors(side)) => {
+                tracing::warn!(%cluster, side, "file-descriptor budget spent; request shed");
+                return ProxyError::Overflow {
+                    cluster,
+                    limit: "descriptors",
+                };
+            }
+            Some(ConnectError::IdentityMismatch { source, .. }) => {
+                tracing::warn!(%cluster, %endpoint, error = %source, "upstream identity mismatch");
+                return ProxyError::IdentityMismatch { cluster, endpoint };
+            }
+            _ => {}
+        }
+        if let Some(reason) = unparsable_response(&e) {
+            tracing::warn!(%cluster, %endpoint, reason, "refused an upstream response");
+            return ProxyError::BadResponse { cluster, reason };
+        }
+        let connect = e.is_connect();
+        let source: BoxError = Box::new(e);
+        tracing::debug!(%cluster, %endpoint, error = %error_chain(&*source), "upstream request failed");
+        if connect {
+            ProxyError::ConnectFailed {
+                cluster,
+                endpoint,
+                source,
+            }
+        } else {
+            ProxyError::UpstreamReset {
+                cluster,
+                endpoint,
+                source,
+            }
+        }
     }
 }
 
 /// Why hyper refused the upstream's response head, if it did: an operator should
 /// see "too large" or "malformed", not a reset.
 fn unparsable_response(e: &hyper_util::client::legacy::Error) -> Option<&'static str> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(err) = cur {
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            return if h.is_parse_too_large() {
-                Some("response head too large")
-            } else if h.is_parse() {
-                Some("malformed response head")
-            } else {
-                None
-            };
-        }
-        cur = err.source();
+    let h = find_cause::<hyper::Error>(e)?;
+    if h.is_parse_too_large() {
+        Some("response head too large")
+    } else if h.is_parse() {
+        Some("malformed response head")
+    } else {
+        None
     }
-    None
-}
-
-/// Our connector's error inside a client error, if the connect step failed.
-fn connect_error(e: &hyper_util::client::legacy::Error) -> Option<&ConnectError> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(err) = cur {
-        if let Some(c) = err.downcast_ref::<ConnectError>() {
-            return Some(c);
-        }
-        cur = err.source();
-    }
-    None
-}
-
-/// Whether the client failed because the cluster's connection limit was reached.
-fn is_overflow(e: &hyper_util::client::legacy::Error) -> bool {
-    matches!(connect_error(e), Some(ConnectError::Overflow))
 }
 
 /// `outer: inner: innermost`, for logs: client errors hide the useful part in sources.

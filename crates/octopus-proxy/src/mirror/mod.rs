@@ -99,6 +99,10 @@ fn copy(req: Request<Body>) -> (Request<Body>, Request<Body>) {
     *shadow.uri_mut() = parts.uri.clone();
     *shadow.version_mut() = parts.version;
     *shadow.headers_mut() = parts.headers.clone();
+    // The copy shares the client's body, so its failure is the client's there too.
+    if let Some(w) = parts.extensions.get::<crate::body::ClientBodyWatch>() {
+        shadow.extensions_mut().insert(w.clone());
+    }
     shadow
         .headers_mut()
         .insert(SHADOW_HEADER, HeaderValue::from_static("true"));

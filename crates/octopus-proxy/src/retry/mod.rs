@@ -170,6 +170,9 @@ where
                 *req.uri_mut() = parts.uri.clone();
                 *req.version_mut() = parts.version;
                 *req.headers_mut() = parts.headers.clone();
+                // Layers below see what the client's request carried (the body watch
+                // among them), on every try.
+                *req.extensions_mut() = parts.extensions.clone();
                 req.extensions_mut().insert(attempted.clone());
                 let call = inner.clone().oneshot(req);
                 let (result, expired) = match policy.per_try_timeout {

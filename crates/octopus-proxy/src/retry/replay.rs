@@ -26,8 +26,9 @@ pub(super) async fn buffer(mut body: Body, limit: usize) -> Result<Replay, Proxy
     let mut buf = BytesMut::new();
     let mut read: VecDeque<Frame<Bytes>> = VecDeque::new();
     while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|_| ProxyError::BadRequest("the request body could not be read"))?;
+        // The body is the client's: its failure (abort, bad framing, too large,
+        // stalled) is reported as such, cause kept, and never retried.
+        let frame = frame.map_err(ProxyError::client_body)?;
         match frame.into_data() {
             Ok(data) => {
                 buf.extend_from_slice(&data);
