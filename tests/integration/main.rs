@@ -13,3 +13,4 @@ mod reload;
 mod resilience;
 mod rollout;
 mod routing;
+mod trust;

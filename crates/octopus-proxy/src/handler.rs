@@ -194,30 +194,27 @@ async fn forward(
     }
 
     // 1. Strip: hop-by-hop headers, any `Upgrade` offer not allowed (h2c above all),
-    //    and underscore look-alikes of reserved names.
+    //    every `x-octopus-*` header and underscore look-alikes of reserved names. Only
+    //    octopus' mirror marks a copy as shadow traffic, so the local app cannot make
+    //    a real request look like one; inbound keeps the mark, so the copy a peer's
+    //    mirror sent still reaches the shadow app marked.
     let offer = headers::allowed_upgrade(&req, upgrades);
     let downstream_upgrade = offer.is_some().then(|| hyper::upgrade::on(&mut req));
     headers::strip_hop_by_hop(req.headers_mut(), offer.clone());
-    headers::underscores(req.headers_mut(), underscores)?;
+    let keep = match dir {
+        Direction::Inbound => Some(crate::mirror::SHADOW_HEADER),
+        Direction::Outbound => None,
+    };
+    headers::strip_untrusted(req.headers_mut(), underscores, keep)?;
 
     // 2. Set: what octopus vouches for.
-    match dir {
-        Direction::Inbound => {
-            // Only octopus may say who the peer is: a client-sent value is never trusted.
-            req.headers_mut().remove(PEER_IDENTITY);
-            if let Some(id) = conn
-                .identity
-                .as_deref()
-                .and_then(|id| HeaderValue::from_str(id).ok())
-            {
-                req.headers_mut().insert(PEER_IDENTITY, id);
-            }
-        }
-        // Only octopus' mirror marks a copy as shadow traffic: the local app cannot
-        // make a real request look like one. Inbound keeps it, so the copy a peer's
-        // mirror sent still reaches the shadow app marked.
-        Direction::Outbound => {
-            req.headers_mut().remove(crate::mirror::SHADOW_HEADER);
+    if dir == Direction::Inbound {
+        if let Some(id) = conn
+            .identity
+            .as_deref()
+            .and_then(|id| HeaderValue::from_str(id).ok())
+        {
+            req.headers_mut().insert(PEER_IDENTITY, id);
         }
     }
     headers::append_forwarded_for(req.headers_mut(), &conn.forwarded_for);

@@ -72,18 +72,28 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.iter().any(|h| h == name)
 }
 
-/// Applies the listener's underscore rule. A name that equals a reserved one once `_`
-/// reads as `-` (`x_octopus_peer_identity`) is always dropped: CGI/WSGI apps see both
-/// spellings as one variable. Other names with `_` follow `action`.
-pub fn underscores(headers: &mut HeaderMap, action: UnderscoreHeaders) -> Result<(), ProxyError> {
-    // The common case: no name has an underscore; nothing allocates.
-    if !headers.keys().any(|n| n.as_str().contains('_')) {
+/// Removes what a client may not send: every `x-octopus-*` header (octopus sets
+/// its own afterwards; `keep` names one a peer's octopus may legitimately send, the
+/// shadow mark), and names that equal a reserved one once `_` reads as `-`
+/// (`x_octopus_peer_identity`): CGI/WSGI apps see both spellings as one variable.
+/// Other names with `_` follow the listener's `action`.
+pub fn strip_untrusted(
+    headers: &mut HeaderMap,
+    action: UnderscoreHeaders,
+    keep: Option<&str>,
+) -> Result<(), ProxyError> {
+    let suspect = |n: &HeaderName| {
+        let s = n.as_str();
+        s.contains('_') || (s.starts_with(OWN_PREFIX) && Some(s) != keep)
+    };
+    // The common case: nothing to remove, one pass over the names, no allocation.
+    if !headers.keys().any(suspect) {
         return Ok(());
     }
     let mut doomed = Vec::new();
-    for name in headers.keys().filter(|n| n.as_str().contains('_')) {
-        let dashed = name.as_str().replace('_', "-");
-        if is_reserved(&dashed) {
+    for name in headers.keys().filter(|n| suspect(n)) {
+        let s = name.as_str();
+        if !s.contains('_') || is_reserved(&s.replace('_', "-")) {
             doomed.push(name.clone());
             continue;
         }
@@ -410,14 +420,25 @@ mod tests {
         );
         h.insert("x_forwarded_for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x_app_thing", HeaderValue::from_static("1"));
+        h.insert(
+            "x-octopus-peer-identity",
+            HeaderValue::from_static("forged"),
+        );
+        h.insert("x-octopus-shadow", HeaderValue::from_static("true"));
         let mut allow = h.clone();
-        underscores(&mut allow, UnderscoreHeaders::Allow).unwrap();
-        assert_eq!(allow.len(), 1);
+        strip_untrusted(
+            &mut allow,
+            UnderscoreHeaders::Allow,
+            Some("x-octopus-shadow"),
+        )
+        .unwrap();
+        assert_eq!(allow.len(), 2, "{allow:?}");
         assert!(allow.contains_key("x_app_thing"));
+        assert!(allow.contains_key("x-octopus-shadow"));
         let mut drop = h.clone();
-        underscores(&mut drop, UnderscoreHeaders::Drop).unwrap();
-        assert!(drop.is_empty());
-        assert!(underscores(&mut h, UnderscoreHeaders::Reject).is_err());
+        strip_untrusted(&mut drop, UnderscoreHeaders::Drop, None).unwrap();
+        assert!(drop.is_empty(), "{drop:?}");
+        assert!(strip_untrusted(&mut h, UnderscoreHeaders::Reject, None).is_err());
     }
 
     #[test]

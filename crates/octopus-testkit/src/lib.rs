@@ -8,6 +8,7 @@
 //! | `/status/NNN` | status NNN |
 //! | `/delay/MS` | waits MS milliseconds, then the echo |
 //! | `/echo-body` | streams the request body back |
+//! | `/collect-body` | reads the whole request body, then answers its length |
 //! | `/bytes/N` | N bytes, streamed in 64 KiB chunks |
 //! | any, with `Upgrade:` | 101, then echoes raw bytes on the upgraded connection |
 //! | `/healthz` | the status set by [`Upstream::set_health`] (200 by default) |
@@ -64,6 +65,7 @@ pub struct Upstream {
     task: JoinHandle<()>,
     /// Tasks of open connections, so `kill` can cut them like a crash would.
     conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    peak_connections: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -101,6 +103,8 @@ impl Upstream {
         let k = knobs.clone();
         let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
         let c = conns.clone();
+        let peak_connections = Arc::new(AtomicUsize::new(0));
+        let peak = peak_connections.clone();
         let task = tokio::spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             match protocols {
@@ -138,6 +142,7 @@ impl Upstream {
                 let mut open = c.lock().unwrap_or_else(|p| p.into_inner());
                 open.retain(|h| !h.is_finished());
                 open.push(conn.abort_handle());
+                peak.fetch_max(open.len(), Ordering::SeqCst);
             }
         });
         Upstream {
@@ -146,7 +151,13 @@ impl Upstream {
             knobs,
             task,
             conns,
+            peak_connections,
         }
+    }
+
+    /// The most connections that were open at once.
+    pub fn peak_connections(&self) -> usize {
+        self.peak_connections.load(Ordering::SeqCst)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -277,6 +288,8 @@ pub enum Misbehaviour {
     Garbage,
     /// A 200 with `Content-Length: 1000` and only 10 bytes of body, then a close.
     ShortBody,
+    /// A 200 whose body is framed `Transfer-Encoding: gzip, chunked`.
+    ForeignTransferCoding,
 }
 
 /// A hostile HTTP/1.1 upstream: reads a request head, then misbehaves as told.
@@ -304,6 +317,11 @@ pub async fn malicious_server(how: Misbehaviour) -> (SocketAddr, JoinHandle<()>)
             Misbehaviour::Garbage => {
                 let _ = s.write_all(b"\x00\x01 this is not HTTP \xff\r\n\r\n").await;
             }
+            Misbehaviour::ForeignTransferCoding => {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nxxxxx\r\n0\r\n\r\n")
+                    .await;
+            }
             Misbehaviour::ShortBody => {
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
@@ -316,6 +334,102 @@ pub async fn malicious_server(how: Misbehaviour) -> (SocketAddr, JoinHandle<()>)
         let _ = s.read(&mut buf).await;
     })
     .await
+}
+
+/// An HTTP/1.1 app server that takes `h2c` upgrades the way hypercorn does: it
+/// answers `101 Switching Protocols` to a request offering `Upgrade: h2c` (or, when
+/// `always_switch` is set, to every request: a hostile app) and from then on treats
+/// the connection as a tunnel. It records every request head it parsed and every
+/// byte that reached it through a tunnel, so a test can prove what the app received.
+pub struct RawApp {
+    addr: SocketAddr,
+    seen: Arc<std::sync::Mutex<RawSeen>>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RawSeen {
+    /// Request heads as received, lower-cased.
+    pub heads: Vec<String>,
+    /// Bytes received on connections after a 101.
+    pub tunnelled: Vec<u8>,
+}
+
+impl RawApp {
+    pub async fn start(always_switch: bool) -> RawApp {
+        let seen = Arc::new(std::sync::Mutex::new(RawSeen::default()));
+        let record = seen.clone();
+        let (addr, task) =
+            raw_server(move |s| raw_app_connection(s, always_switch, record.clone())).await;
+        RawApp { addr, seen, task }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn seen(&self) -> RawSeen {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for RawApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn raw_app_connection(
+    mut s: TcpStream,
+    always_switch: bool,
+    seen: Arc<std::sync::Mutex<RawSeen>>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut switched = false;
+    loop {
+        let n = match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if switched {
+            seen.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .tunnelled
+                .extend_from_slice(&chunk[..n]);
+            continue;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).to_ascii_lowercase();
+            let rest = buf.split_off(end + 4);
+            buf = rest;
+            let offers_h2c = head.lines().any(|l| {
+                l.strip_prefix("upgrade:")
+                    .is_some_and(|v| v.contains("h2c"))
+            });
+            seen.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .heads
+                .push(head);
+            if offers_h2c || always_switch {
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n")
+                    .await;
+                switched = true;
+                if !buf.is_empty() {
+                    seen.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .tunnelled
+                        .extend_from_slice(&buf);
+                }
+                break;
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-upstream: raw-app\r\n\r\nok")
+                .await;
+        }
+    }
 }
 
 fn full(b: impl Into<Bytes>) -> TestBody {
@@ -352,6 +466,16 @@ async fn respond(
     } else if let Some(ms) = path.strip_prefix("/delay/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
         Response::new(full(describe(&name, &req)))
+    } else if path == "/collect-body" {
+        // Like most apps: read the whole body, then answer (its length).
+        match req.into_body().collect().await {
+            Ok(b) => Response::new(full(format!("{}\n", b.to_bytes().len()))),
+            Err(_) => {
+                let mut r = Response::new(full("body failed\n"));
+                *r.status_mut() = StatusCode::BAD_REQUEST;
+                r
+            }
+        }
     } else if path == "/echo-body" {
         Response::new(req.into_body().boxed())
     } else if let Some(n) = path.strip_prefix("/bytes/") {
