@@ -32,6 +32,7 @@ pub struct Daemon {
     child: Child,
     pub admin: SocketAddr,
     pub outbound: SocketAddr,
+    pub inbound: Option<SocketAddr>,
     panics: Arc<AtomicUsize>,
     reloads: Arc<Mutex<Vec<String>>>,
 }
@@ -39,7 +40,26 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `bin run --config config` and waits for it to report its listeners.
     pub fn start(bin: &Path, config: &Path, worker_threads: usize) -> Daemon {
-        let mut child = Command::new(bin)
+        Self::start_with_nofile(bin, config, worker_threads, None)
+    }
+
+    /// [`Daemon::start`] under an open-file limit (soft and hard) set with prlimit
+    /// (util-linux) before octopus starts, so it sizes its descriptor budget from it.
+    pub fn start_with_nofile(
+        bin: &Path,
+        config: &Path,
+        worker_threads: usize,
+        nofile: Option<u64>,
+    ) -> Daemon {
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .args(["--log-format", "json", "run", "--worker-threads"])
             .arg(worker_threads.to_string())
             .arg("--config")
@@ -99,6 +119,10 @@ impl Daemon {
         Daemon {
             admin: addr("admin"),
             outbound: addr("outbound"),
+            inbound: v["inbound"]
+                .as_str()
+                .or(v["fields"]["inbound"].as_str())
+                .and_then(|a| a.parse().ok()),
             child,
             panics,
             reloads,

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub connections_active: IntGaugeVec,
     pub listener_overflow_total: IntCounterVec,
     pub listener_accept_errors_total: IntCounterVec,
+    pub descriptors: IntGaugeVec,
+    pub descriptors_refused_total: IntCounterVec,
     pub dns_failures_total: IntCounterVec,
     pub mirror_requests_total: IntCounterVec,
     pub upstream_retries_total: IntCounterVec,
@@ -187,6 +189,25 @@ impl Metrics {
             &["listener"],
         )
         .expect("static metric definition");
+        let descriptors = IntGaugeVec::new(
+            Opts::new(
+                "octopus_descriptors",
+                "File descriptors of each side (outbound, inbound): used by connections from clients and to upstreams, and the side's capacity.",
+            ),
+            &["side", "state"],
+        )
+        .expect("static metric definition");
+        let descriptors_refused_total = IntCounterVec::new(
+            Opts::new(
+                "octopus_descriptors_refused_total",
+                "Connections (accepted or to an upstream) refused because the side's descriptor share was spent.",
+            ),
+            &["side"],
+        )
+        .expect("static metric definition");
+        for side in ["outbound", "inbound"] {
+            descriptors_refused_total.with_label_values(&[side]);
+        }
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "octopus_build_info",
@@ -210,6 +231,8 @@ impl Metrics {
             Box::new(connections_active.clone()),
             Box::new(listener_overflow_total.clone()),
             Box::new(listener_accept_errors_total.clone()),
+            Box::new(descriptors.clone()),
+            Box::new(descriptors_refused_total.clone()),
             Box::new(build_info),
             Box::new(dns_failures_total.clone()),
             Box::new(mirror_requests_total.clone()),
@@ -245,6 +268,8 @@ impl Metrics {
             connections_active,
             listener_overflow_total,
             listener_accept_errors_total,
+            descriptors,
+            descriptors_refused_total,
 
             dns_failures_total,
             mirror_requests_total,

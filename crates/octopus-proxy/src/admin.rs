@@ -23,6 +23,7 @@ pub(crate) fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
             let page = {
                 let _one_at_a_time = shared.scrape.lock().unwrap_or_else(|p| p.into_inner());
                 refresh_endpoint_gauges(shared);
+                shared.descriptors.report(&shared.metrics);
                 shared.metrics.encode()
             };
             let mut resp = text(StatusCode::OK, page);

@@ -52,11 +52,28 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn from_limit(limit: u64) -> Self {
+    /// `metrics` gets `octopus_descriptors_refused_total{side}` counted.
+    pub fn from_limit(limit: u64, metrics: Option<&octopus_metrics::Metrics>) -> Self {
         let share = (limit.saturating_sub(reserve(limit)) / 2).max(1) as usize;
+        let refused =
+            |side: &str| metrics.map(|m| m.descriptors_refused_total.with_label_values(&[side]));
         Budget {
-            outbound: Group::new("outbound", share),
-            inbound: Group::new("inbound", share),
+            outbound: Group::new("outbound", share, refused("outbound")),
+            inbound: Group::new("inbound", share, refused("inbound")),
+        }
+    }
+
+    /// Sets `octopus_descriptors{side, state}` from the live counts (at scrape time).
+    pub fn report(&self, metrics: &octopus_metrics::Metrics) {
+        for g in [&self.outbound, &self.inbound] {
+            metrics
+                .descriptors
+                .with_label_values(&[g.name, "used"])
+                .set(g.used() as i64);
+            metrics
+                .descriptors
+                .with_label_values(&[g.name, "capacity"])
+                .set(g.capacity as i64);
         }
     }
 }
@@ -67,14 +84,20 @@ pub struct Group {
     name: &'static str,
     capacity: usize,
     used: AtomicUsize,
+    refused: Option<prometheus::IntCounter>,
 }
 
 impl Group {
-    pub fn new(name: &'static str, capacity: usize) -> Arc<Self> {
+    pub fn new(
+        name: &'static str,
+        capacity: usize,
+        refused: Option<prometheus::IntCounter>,
+    ) -> Arc<Self> {
         Arc::new(Group {
             name,
             capacity,
             used: AtomicUsize::new(0),
+            refused,
         })
     }
 
@@ -93,12 +116,18 @@ impl Group {
     /// One descriptor, held until the returned slot is dropped; `None` when the
     /// group is spent.
     pub fn acquire(self: &Arc<Self>) -> Option<Slot> {
-        self.used
+        let got = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.capacity).then_some(n + 1)
             })
-            .ok()
-            .map(|_| Slot(self.clone()))
+            .is_ok();
+        if !got {
+            if let Some(c) = &self.refused {
+                c.inc();
+            }
+        }
+        got.then(|| Slot(self.clone()))
     }
 }
 
@@ -118,7 +147,7 @@ mod tests {
 
     #[test]
     fn groups_split_what_the_reserve_leaves() {
-        let b = Budget::from_limit(2048);
+        let b = Budget::from_limit(2048, None);
         assert_eq!(reserve(2048), 204);
         assert_eq!(b.outbound.capacity(), 922);
         assert_eq!(b.inbound.capacity(), 922);
@@ -128,7 +157,7 @@ mod tests {
 
     #[test]
     fn slots_are_counted_and_returned() {
-        let g = Group::new("t", 2);
+        let g = Group::new("t", 2, None);
         let a = g.acquire().unwrap();
         let _b = g.acquire().unwrap();
         assert!(g.acquire().is_none());

@@ -237,8 +237,10 @@ impl Proxy {
                 bound.push((kind, bind(kind, addr).await?, addr.clone()));
             }
         }
-        let descriptors =
-            crate::descriptors::Budget::from_limit(crate::descriptors::nofile_limit());
+        let descriptors = crate::descriptors::Budget::from_limit(
+            crate::descriptors::nofile_limit(),
+            Some(&metrics),
+        );
         tracing::info!(
             outbound = descriptors.outbound.capacity(),
             inbound = descriptors.inbound.capacity(),

@@ -268,3 +268,109 @@ async fn out_of_file_descriptors_backs_off_and_recovers() {
     );
     assert_eq!(daemon.panics(), 0);
 }
+
+/// 5 HTTP/2 clients x 80 slow streams on the inbound listener need 400 connections
+/// to the app; under a 256-descriptor limit octopus gives each side 96 of them. The
+/// streams beyond the inbound share are shed with 503 at once, and the outbound
+/// listener and the admin port keep serving throughout: no accept ever fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_inbound_side_leaves_outbound_and_admin_serving() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let app = octopus_testkit::Upstream::start("app").await;
+    let up = octopus_testkit::Upstream::start("up").await;
+    let dir = octopus_tests::pki::dir("fd-budget");
+    let config = dir.join("octopus.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin:\n  listen: 127.0.0.1:0\noutbound:\n  listen: 127.0.0.1:0\n  routes:\n    - {{ name: r, match: {{ host: svc }}, cluster: svc }}\ninbound:\n  listen: 127.0.0.1:0\n  forward_to: {}\nclusters:\n  svc:\n    endpoints: [{}]\n",
+            app.addr(),
+            up.addr()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start_with_nofile(Path::new(BIN), &config, 1, Some(256));
+    let inbound = daemon.inbound.expect("inbound listener");
+    let capacity = daemon
+        .metric(r#"octopus_descriptors{side="inbound",state="capacity"}"#)
+        .await;
+    assert_eq!(capacity, 96.0, "(256 - 64 reserved) / 2");
+
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let client = octopus_tests::HttpClient::http2(inbound);
+        for _ in 0..80 {
+            let c = client.clone();
+            streams.push(tokio::spawn(async move {
+                let r = c.get(inbound, "app", "/delay/5000", &[]).await;
+                (
+                    r.status.as_u16(),
+                    r.headers
+                        .get("x-octopus-error")
+                        .map(|v| v.to_str().unwrap().to_string()),
+                )
+            }));
+        }
+    }
+    // While the inbound side is saturated (its share of app connections held by slow
+    // streams), the other side and admin still answer, at once.
+    assert!(
+        octopus_tests::eventually(Duration::from_secs(10), async || app.hits() >= 85).await,
+        "the slow streams reach the app ({} so far)",
+        app.hits()
+    );
+    for _ in 0..5 {
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            octopus_tests::get(daemon.outbound, "svc", "/"),
+        )
+        .await
+        .expect("outbound answers while inbound is saturated");
+        assert_eq!(r.status, 200, "outbound keeps serving: {}", r.text());
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            octopus_tests::get(daemon.admin, "admin", "/ready"),
+        )
+        .await
+        .expect("admin answers while inbound is saturated");
+        assert_eq!(r.status, 200, "admin keeps serving");
+    }
+    assert!(
+        daemon
+            .metric(r#"octopus_descriptors_refused_total{side="inbound"}"#)
+            .await
+            > 0.0,
+        "the inbound share was spent"
+    );
+    let mut ok = 0;
+    let mut shed = 0;
+    for s in streams {
+        match s.await.unwrap() {
+            (200, _) => ok += 1,
+            (503, Some(kind)) if kind == "circuit_open" => shed += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(ok + shed, 400);
+    assert!(shed > 0 && ok > 0, "ok {ok}, shed {shed}");
+    assert!(
+        ok <= 96,
+        "no more app connections than the inbound share: {ok}"
+    );
+    // The process never ran out of descriptors: no accept failed anywhere.
+    let m = daemon.metrics().await;
+    for listener in ["outbound", "inbound", "admin"] {
+        let series = format!(r#"octopus_listener_accept_errors_total{{listener="{listener}"}} 0"#);
+        assert!(m.contains(&series), "{series}: {m}");
+    }
+    assert!(
+        m.contains(r#"octopus_descriptors_refused_total{side="outbound"} 0"#),
+        "{m}"
+    );
+    // Descriptors come back; inbound serves again.
+    let r = octopus_tests::HttpClient::http2(inbound)
+        .get(inbound, "app", "/", &[])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(daemon.panics(), 0);
+}
