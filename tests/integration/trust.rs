@@ -511,3 +511,42 @@ async fn transfer_codings_other_than_chunked_are_never_dropped_silently() {
     );
     assert_eq!(good_up.hits(), 0);
 }
+
+/// The inbound listener's own copies of the keys: `upgrades`, `request_body_timeout`,
+/// `headers_with_underscores` and `max_requests`, each driven with traffic.
+#[tokio::test]
+async fn inbound_trust_keys_apply_to_what_the_app_receives() {
+    let app = Upstream::start("app").await;
+    let p = start(&inbound(
+        app.addr(),
+        "  upgrades: []\n  request_body_timeout: 200ms\n  headers_with_underscores: drop\n  max_requests: 1\n",
+    ))
+    .await;
+    let addr = p.inbound_addr().unwrap();
+    // No upgrade may pass: a WebSocket handshake is an ordinary request to the app.
+    let handshake = "GET /chat HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nx_app_flag: 1\r\n\r\n";
+    let (_s, r) = send_raw(addr, handshake.as_bytes()).await;
+    let r = r.expect("an answer");
+    assert_eq!(r.status(), 200, "{}", r.head);
+    let seen: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(seen["headers"].get("upgrade").is_none(), "{seen}");
+    assert!(seen["headers"].get("x_app_flag").is_none(), "dropped: {seen}");
+    // A stalled body: 408 after 200ms, and while it is held the one request slot is
+    // taken, so another request is shed.
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"POST /collect-body HTTP/1.1\r\nHost: app\r\nContent-Length: 100\r\n\r\n0123")
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), async || app.hits() == 2).await,
+        "the stalled upload reached the app"
+    );
+    let r = get(addr, "app", "/").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.headers["x-octopus-error"], "overloaded");
+    let r = read_reply(&mut stalled).await.expect("a 408");
+    assert_eq!(r.status(), 408, "{}", r.head);
+    assert_eq!(get(addr, "app", "/").await.status, 200, "the slot is free again");
+}

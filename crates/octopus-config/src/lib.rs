@@ -131,6 +131,37 @@ mod tests {
     }
 
     #[test]
+    fn trust_keys_are_validated_with_lines() {
+        let text = "\
+outbound:
+  listen: 127.0.0.1:1
+  max_requests: 0
+  headers_with_underscores: reject
+  routes:
+    - name: a
+      cluster: c
+      upgrades: [websocket, h2c, \"bad token\"]
+      request_body_timeout: 1ms
+inbound:
+  listen: 127.0.0.1:3
+  forward_to: 127.0.0.1:4
+  circuit_breaker: { max_connections: 0 }
+clusters:
+  c:
+    endpoints: [127.0.0.1:2]
+";
+        let e = errors(text);
+        assert_eq!(e.len(), 5, "{e:?}");
+        assert_eq!(e[0], "line 3: outbound.max_requests: must be at least 1");
+        assert_eq!(e[1], "line 13: inbound.circuit_breaker.max_connections: must be at least 1");
+        assert!(e[2].starts_with("line 8: outbound.routes[0].upgrades[1]: `h2c` cannot be allowed"), "{e:?}");
+        assert!(e[3].starts_with("line 8: outbound.routes[0].upgrades[2]: `bad token` is not a protocol name"), "{e:?}");
+        assert_eq!(e[4], "line 9: outbound.routes[0].request_body_timeout: must be at least 10ms");
+        let e = errors("outbound:\n  listen: 127.0.0.1:1\n  headers_with_underscores: keep\n");
+        assert!(e[0].contains("line 3") && e[0].contains("unknown variant `keep`"), "{e:?}");
+    }
+
+    #[test]
     fn semantic_errors_are_all_reported_with_lines() {
         let text = "\
 outbound:
