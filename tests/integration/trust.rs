@@ -531,7 +531,10 @@ async fn inbound_trust_keys_apply_to_what_the_app_receives() {
     assert_eq!(r.status(), 200, "{}", r.head);
     let seen: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert!(seen["headers"].get("upgrade").is_none(), "{seen}");
-    assert!(seen["headers"].get("x_app_flag").is_none(), "dropped: {seen}");
+    assert!(
+        seen["headers"].get("x_app_flag").is_none(),
+        "dropped: {seen}"
+    );
     // A stalled body: 408 after 200ms, and while it is held the one request slot is
     // taken, so another request is shed.
     let mut stalled = TcpStream::connect(addr).await.unwrap();
@@ -548,5 +551,9 @@ async fn inbound_trust_keys_apply_to_what_the_app_receives() {
     assert_eq!(r.headers["x-octopus-error"], "overloaded");
     let r = read_reply(&mut stalled).await.expect("a 408");
     assert_eq!(r.status(), 408, "{}", r.head);
-    assert_eq!(get(addr, "app", "/").await.status, 200, "the slot is free again");
+    assert_eq!(
+        get(addr, "app", "/").await.status,
+        200,
+        "the slot is free again"
+    );
 }

@@ -153,12 +153,29 @@ clusters:
         let e = errors(text);
         assert_eq!(e.len(), 5, "{e:?}");
         assert_eq!(e[0], "line 3: outbound.max_requests: must be at least 1");
-        assert_eq!(e[1], "line 13: inbound.circuit_breaker.max_connections: must be at least 1");
-        assert!(e[2].starts_with("line 8: outbound.routes[0].upgrades[1]: `h2c` cannot be allowed"), "{e:?}");
-        assert!(e[3].starts_with("line 8: outbound.routes[0].upgrades[2]: `bad token` is not a protocol name"), "{e:?}");
-        assert_eq!(e[4], "line 9: outbound.routes[0].request_body_timeout: must be at least 10ms");
+        assert_eq!(
+            e[1],
+            "line 13: inbound.circuit_breaker.max_connections: must be at least 1"
+        );
+        assert!(
+            e[2].starts_with("line 8: outbound.routes[0].upgrades[1]: `h2c` cannot be allowed"),
+            "{e:?}"
+        );
+        assert!(
+            e[3].starts_with(
+                "line 8: outbound.routes[0].upgrades[2]: `bad token` is not a protocol name"
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e[4],
+            "line 9: outbound.routes[0].request_body_timeout: must be at least 10ms"
+        );
         let e = errors("outbound:\n  listen: 127.0.0.1:1\n  headers_with_underscores: keep\n");
-        assert!(e[0].contains("line 3") && e[0].contains("unknown variant `keep`"), "{e:?}");
+        assert!(
+            e[0].contains("line 3") && e[0].contains("unknown variant `keep`"),
+            "{e:?}"
+        );
     }
 
     #[test]
