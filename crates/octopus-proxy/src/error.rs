@@ -6,6 +6,18 @@ use http::{header, HeaderValue, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// Label of the inbound listener's route and of the local application as a cluster.
+pub const INBOUND_ROUTE: &str = "inbound";
+pub const LOCAL_APP: &str = "local_app";
+/// Metric label for requests no route matched, or that failed before a cluster was chosen.
+pub const NONE_LABEL: &str = "none";
+
+/// A validated config that still cannot be built (a certificate that fails to load,
+/// an address that is not an IP): the reload or start-up is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CompileError(pub String);
+
 /// nginx's "client closed request": recorded, never sent.
 pub const CLIENT_CLOSED: u16 = 499;
 

@@ -2,9 +2,10 @@
 //! drains on shutdown. The binary and the integration tests drive octopus through this.
 
 use crate::cluster::{BuildContext, Resolve, SystemResolver};
+use crate::error::CompileError;
 use crate::handler::{self, Direction};
 use crate::listener;
-use crate::snapshot::{CompileError, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::{admin, Shared};
 use arc_swap::ArcSwap;
 use octopus_config::{Config, ConfigErrors, HostPort};

@@ -21,11 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tower::Layer;
 
-/// Label of the inbound listener's route and of the local application as a cluster.
-pub const INBOUND_ROUTE: &str = "inbound";
-pub const LOCAL_APP: &str = "local_app";
-/// Metric label for requests no route matched, or that failed before a cluster was chosen.
-pub const NONE_LABEL: &str = "none";
+pub use crate::error::{CompileError, INBOUND_ROUTE, LOCAL_APP, NONE_LABEL};
 
 const INBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -80,10 +76,6 @@ pub struct Snapshot {
     pub inbound: Option<Inbound>,
     pub clusters: BTreeMap<String, Arc<Cluster>>,
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CompileError(pub String);
 
 impl Snapshot {
     /// Compiles a validated config. Clusters (and the inbound target) whose spec did not

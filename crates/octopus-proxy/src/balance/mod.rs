@@ -18,6 +18,7 @@ pub use weighted::SmoothWeighted;
 use crate::body::Body;
 use crate::endpoint::{Endpoint, EndpointService};
 use crate::error::ProxyError;
+use crate::outlier::{Outlier, OutlierLayer};
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 use octopus_config::LbPolicy;
@@ -25,7 +26,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tower::Service;
+use tower::{Layer, Service};
 
 /// One endpoint of a cluster with its configured weight.
 #[derive(Clone)]
@@ -107,11 +108,27 @@ impl Membership {
         true
     }
 
-    /// Makes this membership the one every member reports availability changes to.
+    /// Makes this membership the one every member reports availability changes to,
+    /// through the endpoint's hook (a weak reference: a replaced cluster's membership
+    /// is not kept alive by its endpoints).
     pub fn adopt(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        let hook: crate::endpoint::AvailabilityHook = Arc::new(move || {
+            if let Some(m) = me.upgrade() {
+                m.refresh();
+            }
+        });
         for m in self.set.load().all() {
-            m.endpoint.set_owner(self);
+            m.endpoint.set_availability_hook(hook.clone());
         }
+    }
+
+    /// (ejected, total) members now: what outlier detection's `max_ejection_percent`
+    /// is checked against.
+    pub fn ejected_share(&self) -> (usize, usize) {
+        let set = self.set.load();
+        let ejected = set.all().iter().filter(|m| m.endpoint.is_ejected()).count();
+        (ejected, set.all().len())
     }
 
     /// Recomputes which members may take traffic after endpoint health changed.
@@ -166,7 +183,7 @@ pub struct Balancer {
     cluster: Arc<str>,
     members: Arc<Membership>,
     picker: Arc<Picker>,
-    outlier: Option<Arc<crate::outlier::Outlier>>,
+    outlier: Option<Arc<Outlier>>,
 }
 
 impl Balancer {
@@ -174,7 +191,7 @@ impl Balancer {
         cluster: Arc<str>,
         members: Arc<Membership>,
         policy: LbPolicy,
-        outlier: Option<Arc<crate::outlier::Outlier>>,
+        outlier: Option<Arc<Outlier>>,
     ) -> Self {
         Balancer {
             cluster,
@@ -221,11 +238,17 @@ impl Service<Request<Body>> for Balancer {
                 if let Some(a) = &attempted {
                     a.push(m.endpoint.addr());
                 }
-                EndpointService {
-                    endpoint: m.endpoint,
-                    outlier: self.outlier.clone(),
+                // The endpoint stack: outlier detection (when the cluster has it) around
+                // the endpoint's own service.
+                let mut endpoint = EndpointService::new(m.endpoint.clone());
+                match &self.outlier {
+                    Some(o) => Box::pin(
+                        OutlierLayer::new(o.clone(), m.endpoint)
+                            .layer(endpoint)
+                            .call(req),
+                    ),
+                    None => endpoint.call(req),
                 }
-                .call(req)
             }
             None => {
                 let cluster = self.cluster.clone();

@@ -12,8 +12,8 @@ use crate::balance::{Balancer, Member, Membership};
 use crate::breaker::{LimitLayer, Limits};
 use crate::descriptors::Group;
 use crate::endpoint::{Endpoint, EndpointStats, Settings};
+use crate::error::CompileError;
 use crate::outlier::Outlier;
-use crate::snapshot::CompileError;
 use crate::BoxService;
 use octopus_config::{ClusterConfig, HostPort};
 use octopus_metrics::Metrics;
@@ -218,7 +218,7 @@ impl Cluster {
             members.iter().for_each(|m| m.endpoint.reset_health());
         }
         if spec.outlier_detection.is_none() {
-            members.iter().for_each(|m| m.endpoint.outlier.reset());
+            members.iter().for_each(|m| m.endpoint.ejection.reset());
         }
         let membership = Membership::new(members);
         membership.adopt();
@@ -247,10 +247,12 @@ impl Cluster {
             };
             tasks.push(tokio::spawn(checker.run()).abort_handle());
         }
-        let outlier = spec
-            .outlier_detection
-            .clone()
-            .map(|od| Outlier::new(name.clone(), od, &membership));
+        let outlier = spec.outlier_detection.clone().map(|od| {
+            let members = Arc::downgrade(&membership);
+            let share: crate::outlier::EjectedShare =
+                Arc::new(move || members.upgrade().map_or((0, 0), |m| m.ejected_share()));
+            Outlier::new(name.clone(), od, share)
+        });
         let balancer = Balancer::new(name.clone(), membership.clone(), spec.lb, outlier);
         // Limits above the balancer: an overflowing request is shed before any pick.
         let service = match &limits {

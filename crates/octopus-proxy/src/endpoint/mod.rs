@@ -3,16 +3,16 @@
 //! table that names the same cluster, so it outlives config reloads.
 
 mod connector;
+mod ejection;
 
 pub use connector::{ConnectError, Connector};
+pub use ejection::Ejection;
+pub(crate) use ejection::{CLOSED, HALF_OPEN, OPEN};
 
-use crate::balance::Membership;
-use crate::body::ClientBodyWatch;
-use crate::body::{self, Body, BoxError};
+use crate::body::{self, Body, BoxError, ClientBodyWatch};
 use crate::breaker::Limits;
 use crate::error::{find_cause, Fault, ProxyError, ServedBy};
 use crate::headers;
-use crate::outlier::{Outlier, OutlierState};
 use http::{header, Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -43,12 +43,16 @@ pub struct Endpoint {
     healthy: AtomicBool,
     /// Consecutive health-check results (successes, failures) toward a transition.
     check_streak: Mutex<(u32, u32)>,
-    /// Passive health: the per-endpoint breaker of outlier detection.
-    pub(crate) outlier: OutlierState,
-    /// The membership of the newest cluster using this endpoint, told when the
-    /// endpoint's availability changes (health check, ejection).
-    owner: Mutex<std::sync::Weak<Membership>>,
+    /// Passive health: outlier detection's ejection state.
+    pub(crate) ejection: Ejection,
+    /// Called when the endpoint's availability changes (health check, ejection):
+    /// installed by the newest cluster using the endpoint, so its balancer republishes
+    /// the members that may take traffic. The endpoint knows nothing about who listens.
+    on_availability: Mutex<Option<AvailabilityHook>>,
 }
+
+/// See [`Endpoint::set_availability_hook`].
+pub type AvailabilityHook = Arc<dyn Fn() + Send + Sync>;
 
 /// Live figures of one endpoint, for `/clusters`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -140,8 +144,8 @@ impl Endpoint {
             failures: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             check_streak: Mutex::new((0, 0)),
-            outlier: OutlierState::default(),
-            owner: Mutex::new(std::sync::Weak::new()),
+            ejection: Ejection::default(),
+            on_availability: Mutex::new(None),
         })
     }
 
@@ -166,25 +170,29 @@ impl Endpoint {
         InFlight(self.clone())
     }
 
-    /// Records which cluster's membership to refresh on availability changes.
-    pub(crate) fn set_owner(&self, m: &Arc<Membership>) {
-        *self.owner.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(m);
+    /// Who to tell when this endpoint's availability changes; replaces the previous
+    /// listener (a reload's new cluster takes over a reused endpoint).
+    pub fn set_availability_hook(&self, hook: AvailabilityHook) {
+        *self
+            .on_availability
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
-    /// Republishes the owning cluster's available set after a change of this endpoint.
+    /// Tells the hook that this endpoint's availability changed.
     pub(crate) fn availability_changed(&self) {
-        let owner = self
-            .owner
+        let hook = self
+            .on_availability
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .upgrade();
-        if let Some(m) = owner {
-            m.refresh();
+            .clone();
+        if let Some(h) = hook {
+            h();
         }
     }
 
     pub fn is_ejected(&self) -> bool {
-        self.outlier.is_open()
+        self.ejection.is_open()
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -257,7 +265,7 @@ impl Endpoint {
         EndpointStats {
             address: self.addr.to_string(),
             healthy: self.is_healthy(),
-            outlier: self.outlier.name(),
+            outlier: self.ejection.name(),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             requests_total: self.requests.load(Ordering::Relaxed),
             failures_total: self.failures.load(Ordering::Relaxed),
@@ -304,12 +312,35 @@ impl Drop for InFlight {
     }
 }
 
-/// The innermost service of the outbound stack: sends a request to one endpoint and
-/// reports the outcome to the cluster's outlier detector, if it has one.
+/// Whether an exchange with an endpoint speaks for or against it: `Some(true)` for a
+/// usable answer, `Some(false)` for an upstream failure (a 5xx, or an error that is
+/// the upstream's fault), `None` when it says nothing about the endpoint (octopus'
+/// own limits, or the client's body failed). Failure counters and outlier detection
+/// both judge by this one rule.
+pub fn upstream_verdict<B>(
+    result: &Result<Response<B>, ProxyError>,
+    client_body: Option<&ClientBodyWatch>,
+) -> Option<bool> {
+    if client_body.and_then(ClientBodyWatch::fault).is_some() {
+        return None;
+    }
+    match result {
+        Ok(resp) => Some(!resp.status().is_server_error()),
+        Err(e) if e.fault() == Fault::Upstream => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// The innermost service of the outbound stack: sends a request to one endpoint.
 #[derive(Clone)]
 pub struct EndpointService {
     pub endpoint: Arc<Endpoint>,
-    pub outlier: Option<Arc<Outlier>>,
+}
+
+impl EndpointService {
+    pub fn new(endpoint: Arc<Endpoint>) -> Self {
+        EndpointService { endpoint }
+    }
 }
 
 impl tower::Service<Request<Body>> for EndpointService {
@@ -323,7 +354,6 @@ impl tower::Service<Request<Body>> for EndpointService {
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let ep = self.endpoint.clone();
-        let outlier = self.outlier.clone();
         Box::pin(async move {
             ep.prepare(&mut req)?;
             // Set by the client's body when it fails: then the exchange failed
@@ -354,19 +384,8 @@ impl tower::Service<Request<Body>> for EndpointService {
             };
             // Only the upstream's own failures count against it: not our limits, not a
             // client that went away (its body may fail after the response came).
-            let counted = match &result {
-                Ok(resp) => Some(!resp.status().is_server_error()),
-                Err(e) if e.fault() == Fault::Upstream => Some(false),
-                Err(_) => None,
-            };
-            let counted = counted.filter(|_| client_fault.is_none());
-            if let Some(ok) = counted {
-                if !ok {
-                    ep.failures.fetch_add(1, Ordering::Relaxed);
-                }
-                if let Some(o) = &outlier {
-                    o.record(&ep, ok);
-                }
+            if upstream_verdict(&result, client_body.as_ref()) == Some(false) {
+                ep.failures.fetch_add(1, Ordering::Relaxed);
             }
             result.map(|resp| {
                 // The request stays in flight until its response body is done.

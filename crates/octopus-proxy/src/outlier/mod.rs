@@ -1,77 +1,55 @@
-//! Outlier detection: a passive, per-endpoint circuit breaker below the balancer.
-//! `consecutive_failures` 5xx answers or connection failures in a row eject an
-//! endpoint (open): it stops being picked for `base_ejection_time x times ejected`
-//! (capped). Then it is half-open: it takes traffic again and its next result decides,
-//! a success closes the breaker, a failure ejects it again at once. No more than
-//! `max_ejection_percent` of a cluster is ever ejected, so a cluster-wide failure does
-//! not empty the cluster.
+//! Outlier detection: passive, per-endpoint ejection below the balancer, as a layer
+//! around each endpoint's service. `consecutive_failures` upstream failures in a row
+//! (5xx answers, connect failures, resets, bad responses; never the client's own
+//! faults) eject an endpoint (open): it stops being picked for
+//! `base_ejection_time x times ejected` (capped). Then it is half-open: it takes
+//! traffic again and its next result decides, a success closes it, a failure ejects it
+//! again at once. No more than `max_ejection_percent` of a cluster is ever ejected, so
+//! a cluster-wide failure does not empty the cluster.
+//!
+//! The state lives with the endpoint ([`crate::endpoint::Ejection`]) so it survives
+//! reloads; how much of the cluster is ejected comes through an injected hook, and an
+//! ejection reaches the balancer through the endpoint's availability hook.
 
-use crate::balance::Membership;
-use crate::endpoint::Endpoint;
+use crate::body::{Body, ClientBodyWatch};
+use crate::endpoint::{upstream_verdict, Endpoint, CLOSED, HALF_OPEN, OPEN};
+use crate::error::ProxyError;
+use http::{Request, Response};
 use octopus_config::OutlierDetectionConfig;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use std::sync::{Arc, Weak};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tower::{Layer, Service};
 
 /// Ejections never last longer than this, however often an endpoint failed.
 const MAX_EJECTION: Duration = Duration::from_secs(300);
 
-const CLOSED: u8 = 0;
-const OPEN: u8 = 1;
-const HALF_OPEN: u8 = 2;
+/// How many of the cluster's endpoints are ejected now, and how many there are:
+/// injected by the cluster, which owns the member list.
+pub type EjectedShare = Arc<dyn Fn() -> (usize, usize) + Send + Sync>;
 
-/// Per-endpoint breaker state: atomics only, updated on every response.
-#[derive(Debug, Default)]
-pub struct OutlierState {
-    consecutive: AtomicU32,
-    state: AtomicU8,
-    times_ejected: AtomicU32,
-}
-
-impl OutlierState {
-    pub fn is_open(&self) -> bool {
-        self.state.load(Ordering::Acquire) == OPEN
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self.state.load(Ordering::Acquire) {
-            OPEN => "open",
-            HALF_OPEN => "half_open",
-            _ => "closed",
-        }
-    }
-
-    /// Back to closed with a clean slate (the cluster no longer detects outliers).
-    pub(crate) fn reset(&self) {
-        self.consecutive.store(0, Ordering::Release);
-        self.times_ejected.store(0, Ordering::Release);
-        self.state.store(CLOSED, Ordering::Release);
-    }
-}
-
-/// A cluster's detector: its settings and its members.
+/// A cluster's detector: its settings and a view of its members.
 pub struct Outlier {
     cluster: Arc<str>,
     spec: OutlierDetectionConfig,
-    members: Weak<Membership>,
+    share: EjectedShare,
 }
 
 impl Outlier {
-    pub fn new(
-        cluster: Arc<str>,
-        spec: OutlierDetectionConfig,
-        members: &Arc<Membership>,
-    ) -> Arc<Self> {
+    pub fn new(cluster: Arc<str>, spec: OutlierDetectionConfig, share: EjectedShare) -> Arc<Self> {
         Arc::new(Outlier {
             cluster,
             spec,
-            members: Arc::downgrade(members),
+            share,
         })
     }
 
     /// Records one response (or failure to get one) from `ep`.
     pub fn record(&self, ep: &Arc<Endpoint>, ok: bool) {
-        let o = &ep.outlier;
+        let o = &ep.ejection;
         if ok {
             if o.consecutive.load(Ordering::Relaxed) != 0 {
                 o.consecutive.store(0, Ordering::Relaxed);
@@ -99,17 +77,12 @@ impl Outlier {
     }
 
     fn room_to_eject(&self) -> bool {
-        let Some(members) = self.members.upgrade() else {
-            return false;
-        };
-        let set = members.load();
-        let total = set.all().len();
-        let ejected = set.all().iter().filter(|m| m.endpoint.is_ejected()).count();
+        let (ejected, total) = (self.share)();
         (ejected + 1) * 100 <= total * self.spec.max_ejection_percent as usize
     }
 
     fn eject(&self, ep: &Arc<Endpoint>) {
-        let times = ep.outlier.times_ejected.fetch_add(1, Ordering::AcqRel) + 1;
+        let times = ep.ejection.times_ejected.fetch_add(1, Ordering::AcqRel) + 1;
         let duration = self
             .spec
             .base_ejection_time
@@ -117,14 +90,14 @@ impl Outlier {
             .saturating_mul(times)
             .min(MAX_EJECTION.max(self.spec.base_ejection_time.get()));
         tracing::warn!(cluster = %self.cluster, endpoint = %ep.addr(), times, ?duration, "outlier detection: endpoint ejected");
-        ep.outlier.consecutive.store(0, Ordering::Release);
+        ep.ejection.consecutive.store(0, Ordering::Release);
         ep.availability_changed();
         let ep = ep.clone();
         let cluster = self.cluster.clone();
         tokio::spawn(async move {
             tokio::time::sleep(duration).await;
             if ep
-                .outlier
+                .ejection
                 .state
                 .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
@@ -133,5 +106,86 @@ impl Outlier {
                 ep.availability_changed();
             }
         });
+    }
+}
+
+/// Puts a cluster's detector around each endpoint's service.
+#[derive(Clone)]
+pub struct OutlierLayer {
+    detector: Arc<Outlier>,
+    endpoint: Arc<Endpoint>,
+}
+
+impl OutlierLayer {
+    pub fn new(detector: Arc<Outlier>, endpoint: Arc<Endpoint>) -> Self {
+        OutlierLayer { detector, endpoint }
+    }
+}
+
+impl<S> Layer<S> for OutlierLayer {
+    type Service = OutlierDetection<S>;
+    fn layer(&self, inner: S) -> OutlierDetection<S> {
+        OutlierDetection {
+            inner,
+            detector: self.detector.clone(),
+            endpoint: self.endpoint.clone(),
+        }
+    }
+}
+
+/// Records every outcome of one endpoint's service with the cluster's detector.
+#[derive(Clone)]
+pub struct OutlierDetection<S> {
+    inner: S,
+    detector: Arc<Outlier>,
+    endpoint: Arc<Endpoint>,
+}
+
+impl<S> Service<Request<Body>> for OutlierDetection<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let watch = req.extensions().get::<ClientBodyWatch>().cloned();
+        ResponseFuture {
+            inner: self.inner.call(req),
+            detector: self.detector.clone(),
+            endpoint: self.endpoint.clone(),
+            watch,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        detector: Arc<Outlier>,
+        endpoint: Arc<Endpoint>,
+        watch: Option<ClientBodyWatch>,
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, ProxyError>>,
+{
+    type Output = Result<Response<Body>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Some(ok) = upstream_verdict(&result, this.watch.as_ref()) {
+            this.detector.record(this.endpoint, ok);
+        }
+        Poll::Ready(result)
     }
 }

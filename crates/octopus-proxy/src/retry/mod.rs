@@ -113,7 +113,7 @@ fn cluster_of(result: &Result<Response<Body>, ProxyError>) -> Arc<str> {
         Ok(resp) => resp.extensions().get::<ServedBy>().map(|s| s.0.clone()),
         Err(e) => e.cluster().cloned(),
     };
-    c.unwrap_or_else(|| crate::snapshot::NONE_LABEL.into())
+    c.unwrap_or_else(|| crate::error::NONE_LABEL.into())
 }
 
 /// Full jitter: a uniform wait in `[0, min(max, base * 2^(n-1))]` before retry `n`.
