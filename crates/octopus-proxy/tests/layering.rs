@@ -3,6 +3,8 @@
 //! `crate::` paths of each source file (the crate root's own items, such as
 //! `crate::Shared`, belong to no module and are not edges). Run by `make test`.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
