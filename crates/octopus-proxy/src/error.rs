@@ -44,7 +44,7 @@ pub enum ProxyError {
     },
     /// A cluster limit (circuit breaker) is reached: shed at once, never queued.
     #[error("circuit open: {limit}")]
-    Overflow {
+    CircuitOpen {
         cluster: Arc<str>,
         limit: &'static str,
     },
@@ -137,7 +137,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyEndpoint { .. } | ProxyError::Overflow { .. } => {
+            ProxyError::NoHealthyEndpoint { .. } | ProxyError::CircuitOpen { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::ConnectFailed { .. }
@@ -177,9 +177,9 @@ impl ProxyError {
             | ProxyError::ConnectUnsupported
             | ProxyError::UnsupportedTransferCoding
             | ProxyError::IdentityNotAllowed => Fault::Client,
-            ProxyError::NoRoute | ProxyError::Overflow { .. } | ProxyError::Overloaded { .. } => {
-                Fault::Octopus
-            }
+            ProxyError::NoRoute
+            | ProxyError::CircuitOpen { .. }
+            | ProxyError::Overloaded { .. } => Fault::Octopus,
             ProxyError::NoHealthyEndpoint { .. }
             | ProxyError::ConnectFailed { .. }
             | ProxyError::UpstreamReset { .. }
@@ -205,7 +205,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "no_route",
             ProxyError::NoHealthyEndpoint { .. } => "no_healthy_endpoint",
-            ProxyError::Overflow { .. } => "circuit_open",
+            ProxyError::CircuitOpen { .. } => "circuit_open",
             ProxyError::ConnectFailed { .. } => "connect_failed",
             ProxyError::UpstreamReset { .. } => "upstream_reset",
             ProxyError::BadResponse { .. } => "bad_response",
@@ -231,7 +231,7 @@ impl ProxyError {
             | ProxyError::ConnectFailed { cluster, .. }
             | ProxyError::UpstreamReset { cluster, .. }
             | ProxyError::BadResponse { cluster, .. }
-            | ProxyError::Overflow { cluster, .. }
+            | ProxyError::CircuitOpen { cluster, .. }
             | ProxyError::IdentityMismatch { cluster, .. } => Some(cluster),
             ProxyError::Timeout { cluster } => cluster.as_ref(),
             _ => None,

@@ -12,7 +12,7 @@ mod admin;
 pub mod admission;
 pub mod balance;
 pub mod body;
-pub mod breaker;
+pub mod circuit_breaker;
 pub mod cluster;
 pub mod descriptors;
 pub mod endpoint;

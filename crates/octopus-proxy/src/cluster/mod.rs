@@ -9,7 +9,7 @@ mod health;
 pub use dns::{Resolve, SystemResolver};
 
 use crate::balance::{Balancer, Member, Membership};
-use crate::breaker::{LimitLayer, Limits};
+use crate::circuit_breaker::{Circuit, CircuitBreakerLayer};
 use crate::descriptors::Group;
 use crate::endpoint::{Endpoint, EndpointStats, Settings};
 use crate::error::CompileError;
@@ -50,7 +50,7 @@ pub struct Cluster {
     pub spec: ClusterConfig,
     members: Arc<Membership>,
     service: BoxService,
-    limits: Option<Arc<Limits>>,
+    limits: Option<Arc<Circuit>>,
     tls: Option<Arc<ClientTls>>,
     tasks: Vec<AbortHandle>,
     /// Last good DNS answers, kept so a rebuilt cluster starts from them if DNS is
@@ -74,7 +74,7 @@ pub(crate) struct EndpointPool {
     spec: ClusterConfig,
     known: HashMap<SocketAddr, Arc<Endpoint>>,
     /// The cluster's connection/request limits, shared by all its endpoints.
-    limits: Option<Arc<Limits>>,
+    limits: Option<Arc<Circuit>>,
     /// The cluster's TLS client, shared by all its endpoints.
     tls: Option<Arc<ClientTls>>,
     descriptors: Option<Arc<Group>>,
@@ -104,7 +104,7 @@ impl EndpointPool {
                 let overflow = metrics
                     .circuit_overflow_total
                     .with_label_values(&[&cluster, "max_connections"]);
-                Limits::new(
+                Circuit::new(
                     cb,
                     spec.protocol == octopus_config::Protocol::Http2,
                     Some(overflow),
@@ -254,10 +254,10 @@ impl Cluster {
             Outlier::new(name.clone(), od, share)
         });
         let balancer = Balancer::new(name.clone(), membership.clone(), spec.lb, outlier);
-        // Limits above the balancer: an overflowing request is shed before any pick.
+        // Circuit above the balancer: an overflowing request is shed before any pick.
         let service = match &limits {
             Some(l) => BoxService::new(
-                LimitLayer::new(
+                CircuitBreakerLayer::new(
                     name.clone(),
                     l.clone(),
                     ctx.metrics.circuit_overflow_total.clone(),

@@ -2,7 +2,7 @@
 //! cluster's connect timeout. One connector (and so one connection pool) per endpoint.
 //! With a cluster connection limit, every open connection holds a slot until closed.
 
-use crate::breaker::Limits;
+use crate::circuit_breaker::Circuit;
 use crate::descriptors;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
@@ -36,7 +36,7 @@ pub enum ConnectError {
     },
     /// The cluster's `max_connections` is reached.
     #[error("connection limit of the cluster reached")]
-    Overflow,
+    MaxConnections,
     /// The listener side's share of file descriptors is spent (see `descriptors`).
     #[error("the {0} side's file-descriptor budget is spent")]
     Descriptors(&'static str),
@@ -46,7 +46,7 @@ pub enum ConnectError {
 pub struct Connector {
     addr: SocketAddr,
     timeout: Duration,
-    limits: Option<Arc<Limits>>,
+    limits: Option<Arc<Circuit>>,
     tls: Option<Arc<ClientTls>>,
     descriptors: Option<Arc<descriptors::Group>>,
 }
@@ -55,7 +55,7 @@ impl Connector {
     pub fn new(
         addr: SocketAddr,
         timeout: Duration,
-        limits: Option<Arc<Limits>>,
+        limits: Option<Arc<Circuit>>,
         tls: Option<Arc<ClientTls>>,
         descriptors: Option<Arc<descriptors::Group>>,
     ) -> Self {
@@ -97,7 +97,7 @@ impl tower::Service<http::Uri> for Connector {
         };
         Box::pin(async move {
             let slot = match limits {
-                Some(l) => Some(l.open_connection().ok_or(ConnectError::Overflow)?),
+                Some(l) => Some(l.open_connection().ok_or(ConnectError::MaxConnections)?),
                 None => None,
             };
             // The connect timeout covers the TCP connect and the TLS handshake.
@@ -139,7 +139,7 @@ enum Io {
 /// closed.
 pub struct Conn {
     io: Io,
-    _slot: Option<crate::breaker::ConnectionSlot>,
+    _slot: Option<crate::circuit_breaker::ConnectionSlot>,
     _fd: Option<descriptors::Slot>,
 }
 

@@ -10,7 +10,7 @@ pub use ejection::Ejection;
 pub(crate) use ejection::{CLOSED, HALF_OPEN, OPEN};
 
 use crate::body::{self, Body, BoxError, ClientBodyWatch};
-use crate::breaker::Limits;
+use crate::circuit_breaker::Circuit;
 use crate::error::{find_cause, Fault, ProxyError, ServedBy};
 use crate::headers;
 use http::{header, Request, Response, Uri, Version};
@@ -106,7 +106,7 @@ impl Endpoint {
         cluster: Arc<str>,
         addr: SocketAddr,
         settings: Settings,
-        limits: Option<Arc<Limits>>,
+        limits: Option<Arc<Circuit>>,
         tls: Option<Arc<ClientTls>>,
         descriptors: Option<Arc<crate::descriptors::Group>>,
     ) -> Arc<Self> {
@@ -402,15 +402,15 @@ impl Endpoint {
     fn classify(&self, e: hyper_util::client::legacy::Error) -> ProxyError {
         let (cluster, endpoint) = (self.cluster.clone(), self.addr);
         match find_cause::<ConnectError>(&e) {
-            Some(ConnectError::Overflow) => {
-                return ProxyError::Overflow {
+            Some(ConnectError::MaxConnections) => {
+                return ProxyError::CircuitOpen {
                     cluster,
                     limit: "max_connections",
                 }
             }
             Some(ConnectError::Descriptors(side)) => {
                 tracing::warn!(%cluster, side, "file-descriptor budget spent; request shed");
-                return ProxyError::Overflow {
+                return ProxyError::CircuitOpen {
                     cluster,
                     limit: "descriptors",
                 };

@@ -5,7 +5,7 @@ use std::sync::Arc;
 /// A cluster's limits and the live counts they are checked against. Shared by the
 /// cluster's endpoints (connections) and its limit layer (requests).
 #[derive(Debug)]
-pub struct Limits {
+pub struct Circuit {
     pub spec: CircuitBreakerConfig,
     /// HTTP/1 carries one request per connection, so requests beyond the open
     /// connections are waiting for one; HTTP/2 multiplexes and never waits here.
@@ -19,7 +19,7 @@ pub struct Limits {
 
 /// Held while an upstream connection is open.
 #[derive(Debug)]
-pub struct ConnectionSlot(Arc<Limits>);
+pub struct ConnectionSlot(Arc<Circuit>);
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
@@ -29,7 +29,7 @@ impl Drop for ConnectionSlot {
 
 /// Held while a request is in flight, response body included.
 #[derive(Debug)]
-pub struct RequestSlot(Arc<Limits>);
+pub struct RequestSlot(Arc<Circuit>);
 
 impl Drop for RequestSlot {
     fn drop(&mut self) {
@@ -37,13 +37,13 @@ impl Drop for RequestSlot {
     }
 }
 
-impl Limits {
+impl Circuit {
     pub fn new(
         spec: CircuitBreakerConfig,
         multiplexed: bool,
         connection_overflow: Option<prometheus::IntCounter>,
     ) -> Arc<Self> {
-        Arc::new(Limits {
+        Arc::new(Circuit {
             spec,
             multiplexed,
             connections: AtomicUsize::new(0),
@@ -112,7 +112,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn requests_are_capped_and_released() {
-        let l = Limits::new(spec(100, 100, 2), true, None);
+        let l = Circuit::new(spec(100, 100, 2), true, None);
         let a = l.admit().unwrap();
         let _b = l.admit().unwrap();
         assert_eq!(l.admit().unwrap_err(), "max_requests");
@@ -122,7 +122,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn pending_counts_requests_beyond_open_http1_connections() {
-        let l = Limits::new(spec(1, 1, 100), false, None);
+        let l = Circuit::new(spec(1, 1, 100), false, None);
         let _c = l.open_connection().unwrap();
         assert!(l.open_connection().is_none(), "max_connections");
         let _r1 = l.admit().unwrap(); // on the connection

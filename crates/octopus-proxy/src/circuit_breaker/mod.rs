@@ -6,5 +6,5 @@
 mod layer;
 mod limits;
 
-pub use layer::{LimitLayer, LimitService};
-pub use limits::{ConnectionSlot, Limits, RequestSlot};
+pub use layer::{CircuitBreaker, CircuitBreakerLayer};
+pub use limits::{Circuit, ConnectionSlot, RequestSlot};

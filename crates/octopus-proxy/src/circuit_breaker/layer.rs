@@ -1,4 +1,4 @@
-use super::Limits;
+use super::Circuit;
 use crate::body::Body;
 use crate::error::ProxyError;
 use http::{Request, Response};
@@ -10,16 +10,16 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 #[derive(Clone)]
-pub struct LimitLayer {
+pub struct CircuitBreakerLayer {
     cluster: Arc<str>,
-    limits: Arc<Limits>,
+    limits: Arc<Circuit>,
     overflow: IntCounterVec,
 }
 
-impl LimitLayer {
+impl CircuitBreakerLayer {
     /// `overflow` is `octopus_circuit_overflow_total{cluster, limit}`.
-    pub fn new(cluster: Arc<str>, limits: Arc<Limits>, overflow: IntCounterVec) -> Self {
-        LimitLayer {
+    pub fn new(cluster: Arc<str>, limits: Arc<Circuit>, overflow: IntCounterVec) -> Self {
+        CircuitBreakerLayer {
             cluster,
             limits,
             overflow,
@@ -27,10 +27,10 @@ impl LimitLayer {
     }
 }
 
-impl<S> Layer<S> for LimitLayer {
-    type Service = LimitService<S>;
-    fn layer(&self, inner: S) -> LimitService<S> {
-        LimitService {
+impl<S> Layer<S> for CircuitBreakerLayer {
+    type Service = CircuitBreaker<S>;
+    fn layer(&self, inner: S) -> CircuitBreaker<S> {
+        CircuitBreaker {
             inner,
             layer: self.clone(),
         }
@@ -38,12 +38,12 @@ impl<S> Layer<S> for LimitLayer {
 }
 
 #[derive(Clone)]
-pub struct LimitService<S> {
+pub struct CircuitBreaker<S> {
     inner: S,
-    layer: LimitLayer,
+    layer: CircuitBreakerLayer,
 }
 
-impl<S> Service<Request<Body>> for LimitService<S>
+impl<S> Service<Request<Body>> for CircuitBreaker<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
     S::Future: Send + 'static,
@@ -65,7 +65,7 @@ where
                     .with_label_values(&[&self.layer.cluster, limit])
                     .inc();
                 let cluster = self.layer.cluster.clone();
-                return Box::pin(async move { Err(ProxyError::Overflow { cluster, limit }) });
+                return Box::pin(async move { Err(ProxyError::CircuitOpen { cluster, limit }) });
             }
         };
         let fut = self.inner.call(req);
