@@ -9,6 +9,7 @@ mod limits;
 mod mtls;
 mod observability;
 mod protocols;
+mod rate_limit;
 mod reload;
 mod resilience;
 mod rollout;

@@ -105,6 +105,27 @@ pub struct RouteConfig {
     /// A request body that sends nothing for this long is abandoned: 408.
     #[serde(default = "defaults::request_body_timeout")]
     pub request_body_timeout: Duration,
+    /// Local rate limit of the route (token bucket); over it: 429 `rate_limited`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// A route's token bucket: refilled at `requests_per_second`, holding at most
+/// `burst` requests (default: one second's worth).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub requests_per_second: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl RateLimitConfig {
+    /// The bucket's size: `burst`, else one second's worth (at least 1).
+    pub fn capacity(&self) -> u32 {
+        self.burst
+            .unwrap_or_else(|| self.requests_per_second.ceil().clamp(1.0, u32::MAX as f64) as u32)
+    }
 }
 
 /// `headers_with_underscores`: see [`OutboundConfig::headers_with_underscores`].

@@ -223,6 +223,18 @@ impl Checker {
                 self.retry(&format!("{p}.retry"), retry);
             }
             self.upgrades(&format!("{p}.upgrades"), &r.upgrades);
+            if let Some(rl) = &r.rate_limit {
+                let rps = rl.requests_per_second;
+                if !(rps.is_finite() && rps > 0.0 && rps <= 1e9) {
+                    self.err(
+                        format!("{p}.rate_limit.requests_per_second"),
+                        format!("{rps} is not a rate: must be greater than 0 (at most 1e9)"),
+                    );
+                }
+                if rl.burst == Some(0) {
+                    self.err(format!("{p}.rate_limit.burst"), "must be at least 1");
+                }
+            }
             self.body_timeout(&format!("{p}.request_body_timeout"), r.request_body_timeout);
         }
     }

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub descriptors_refused_total: IntCounterVec,
     pub dns_failures_total: IntCounterVec,
     pub mirror_requests_total: IntCounterVec,
+    pub rate_limited_total: IntCounterVec,
     pub upstream_retries_total: IntCounterVec,
     pub retry_budget_exhausted_total: IntCounterVec,
     pub circuit_overflow_total: IntCounterVec,
@@ -189,6 +190,14 @@ impl Metrics {
             &["listener"],
         )
         .expect("static metric definition");
+        let rate_limited_total = IntCounterVec::new(
+            Opts::new(
+                "octopus_rate_limited_total",
+                "Requests answered 429 rate_limited by a route's rate_limit.",
+            ),
+            &["route"],
+        )
+        .expect("static metric definition");
         let descriptors = IntGaugeVec::new(
             Opts::new(
                 "octopus_descriptors",
@@ -236,6 +245,7 @@ impl Metrics {
             Box::new(build_info),
             Box::new(dns_failures_total.clone()),
             Box::new(mirror_requests_total.clone()),
+            Box::new(rate_limited_total.clone()),
             Box::new(upstream_retries_total.clone()),
             Box::new(retry_budget_exhausted_total.clone()),
             Box::new(circuit_overflow_total.clone()),
@@ -273,6 +283,7 @@ impl Metrics {
 
             dns_failures_total,
             mirror_requests_total,
+            rate_limited_total,
             upstream_retries_total,
             retry_budget_exhausted_total,
             circuit_overflow_total,

@@ -86,6 +86,9 @@ pub enum ProxyError {
     /// A request framed with a transfer coding octopus does not implement.
     #[error("unsupported transfer coding")]
     UnsupportedTransferCoding,
+    /// The route's `rate_limit` bucket is empty.
+    #[error("rate limited")]
+    RateLimited { retry_after: std::time::Duration },
     /// The listener's `max_requests` is reached: shed at once.
     #[error("too many requests in progress on the {listener} listener")]
     Overloaded { listener: &'static str },
@@ -155,6 +158,7 @@ impl ProxyError {
             ProxyError::ConnectUnsupported => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -176,6 +180,7 @@ impl ProxyError {
             | ProxyError::ClientBody { .. }
             | ProxyError::ConnectUnsupported
             | ProxyError::UnsupportedTransferCoding
+            | ProxyError::RateLimited { .. }
             | ProxyError::IdentityNotAllowed => Fault::Client,
             ProxyError::NoRoute
             | ProxyError::CircuitOpen { .. }
@@ -222,6 +227,7 @@ impl ProxyError {
             ProxyError::ConnectUnsupported => "connect_unsupported",
             ProxyError::UnsupportedTransferCoding => "unsupported_transfer_coding",
             ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -252,6 +258,11 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert("x-octopus-error", HeaderValue::from_static(self.kind()));
+        if let ProxyError::RateLimited { retry_after } = &self {
+            // Whole seconds, rounded up: a client that waits this long gets a token.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         if let ProxyError::ConnectUnsupported = self {
             h.insert(
                 header::ALLOW,

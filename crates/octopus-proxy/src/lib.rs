@@ -23,10 +23,12 @@ pub mod listener;
 pub mod mirror;
 pub mod outlier;
 mod proxy;
+pub mod rate_limit;
 pub mod retry;
 pub mod router;
 pub mod snapshot;
 pub mod split;
+mod stack;
 pub mod timeout;
 
 use arc_swap::ArcSwap;

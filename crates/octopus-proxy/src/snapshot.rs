@@ -7,19 +7,15 @@
 //! but takes over the endpoints (pools, counters, health) whose address stays.
 
 pub use crate::cluster::{BuildContext, Cluster};
-use crate::mirror::MirrorLayer;
-use crate::retry::RetryLayer;
+use crate::rate_limit::Bucket;
 use crate::router::{Matcher, Router};
-use crate::split::Split;
-use crate::timeout::TimeoutLayer;
-use crate::BoxService;
+use crate::{stack, BoxService};
 use octopus_config::{ClusterConfig, Config, Protocol};
 use octopus_metrics::TargetMetrics;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tower::Layer;
 
 pub use crate::error::{CompileError, INBOUND_ROUTE, LOCAL_APP, NONE_LABEL};
 
@@ -75,6 +71,9 @@ pub struct Snapshot {
     pub outbound: Option<Outbound>,
     pub inbound: Option<Inbound>,
     pub clusters: BTreeMap<String, Arc<Cluster>>,
+    /// Rate-limit buckets by route name: live state a reload takes over while the
+    /// route's limit is unchanged.
+    pub buckets: BTreeMap<String, Arc<Bucket>>,
 }
 
 impl Snapshot {
@@ -99,6 +98,7 @@ impl Snapshot {
             clusters.insert(name.clone(), cluster);
         }
 
+        let mut buckets = BTreeMap::new();
         let outbound = match &config.outbound {
             None => None,
             Some(out) => {
@@ -121,39 +121,30 @@ impl Snapshot {
                             CompileError(format!("route `{}`: unknown cluster `{c}`", r.name))
                         })
                     };
-                    let mut service = if weighted.len() == 1 {
-                        lookup(weighted[0].1)?.service()
-                    } else {
-                        let targets = weighted
-                            .iter()
-                            .map(|(w, c)| Ok((*w, lookup(c)?.service())))
-                            .collect::<Result<Vec<_>, CompileError>>()?;
-                        BoxService::new(Split::new(targets, r.hash_on.clone()))
+                    let targets = weighted
+                        .iter()
+                        .map(|(w, c)| Ok((*w, lookup(c)?.service())))
+                        .collect::<Result<Vec<_>, CompileError>>()?;
+                    let mirror = match &r.mirror {
+                        Some(m) => Some(lookup(&m.cluster)?.service()),
+                        None => None,
                     };
-                    // Retry above the split and balancer: a retry may pick another
-                    // cluster side and another endpoint.
-                    if let Some(retry) = &r.retry {
-                        let layer = RetryLayer::new(
-                            retry.clone(),
-                            metrics.upstream_retries_total.clone(),
-                            metrics.retry_budget_exhausted_total.clone(),
-                        );
-                        service = BoxService::new(layer.layer(service));
+                    // An unchanged limit keeps its bucket (and its tokens) across reloads.
+                    let bucket = r.rate_limit.as_ref().map(|spec| {
+                        Bucket::reuse(previous.and_then(|p| p.buckets.get(&r.name)), spec)
+                    });
+                    if let Some(b) = &bucket {
+                        buckets.insert(r.name.clone(), b.clone());
+                        // The series exists from the moment the limit is configured.
+                        metrics.rate_limited_total.with_label_values(&[&r.name]);
                     }
-                    // The route timeout bounds all tries together.
-                    if let Some(t) = r.timeout {
-                        service = BoxService::new(TimeoutLayer::new(t.get()).layer(service));
-                    }
-                    // Outermost: one copy per client request, whatever retries follow.
-                    if let Some(m) = &r.mirror {
-                        let target = lookup(&m.cluster)?.service();
-                        let sent = metrics
-                            .mirror_requests_total
-                            .with_label_values(&[&r.name, &m.cluster]);
-                        service = BoxService::new(
-                            MirrorLayer::new(target, m.percent, sent).layer(service),
-                        );
-                    }
+                    let service = stack::route(stack::RouteParts {
+                        config: r,
+                        targets,
+                        mirror,
+                        bucket,
+                        metrics,
+                    });
                     let targets: Vec<(Arc<str>, TargetMetrics)> = weighted
                         .iter()
                         .map(|(_, c)| {
@@ -259,6 +250,7 @@ impl Snapshot {
             outbound,
             inbound,
             clusters,
+            buckets,
         })
     }
 }

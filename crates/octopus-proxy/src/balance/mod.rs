@@ -16,17 +16,15 @@ pub use round_robin::RoundRobin;
 pub use weighted::SmoothWeighted;
 
 use crate::body::Body;
-use crate::endpoint::{Endpoint, EndpointService};
+use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
-use crate::outlier::{Outlier, OutlierLayer};
 use arc_swap::ArcSwap;
+use futures_util::future::{ready, Either, Ready};
 use http::{Request, Response};
 use octopus_config::LbPolicy;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tower::{Layer, Service};
+use tower::Service;
 
 /// One endpoint of a cluster with its configured weight.
 #[derive(Clone)]
@@ -177,35 +175,73 @@ impl Attempted {
     }
 }
 
-/// The cluster's balancing service: picks an endpoint and forwards to it.
-#[derive(Clone)]
-pub struct Balancer {
+/// Makes the service a request to one member goes through (its endpoint stack, see
+/// `stack::endpoint`): the balancer is generic over it and knows nothing of what it
+/// holds.
+pub trait MakeEndpoint: Send + Sync + 'static {
+    type Service: Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = ProxyError,
+            Future: Send + 'static,
+        > + Send
+        + 'static;
+    fn make(&self, endpoint: Arc<Endpoint>) -> Self::Service;
+}
+
+impl<F, S> MakeEndpoint for F
+where
+    F: Fn(Arc<Endpoint>) -> S + Send + Sync + 'static,
+    S: Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = ProxyError,
+            Future: Send + 'static,
+        > + Send
+        + 'static,
+{
+    type Service = S;
+    fn make(&self, endpoint: Arc<Endpoint>) -> S {
+        self(endpoint)
+    }
+}
+
+/// The cluster's balancing service: picks a member and forwards to its service.
+pub struct Balancer<M> {
     cluster: Arc<str>,
     members: Arc<Membership>,
     picker: Arc<Picker>,
-    outlier: Option<Arc<Outlier>>,
+    make: Arc<M>,
 }
 
-impl Balancer {
-    pub fn new(
-        cluster: Arc<str>,
-        members: Arc<Membership>,
-        policy: LbPolicy,
-        outlier: Option<Arc<Outlier>>,
-    ) -> Self {
+impl<M> Clone for Balancer<M> {
+    fn clone(&self) -> Self {
         Balancer {
-            cluster,
-            members,
-            picker: Arc::new(Picker::new(policy)),
-            outlier,
+            cluster: self.cluster.clone(),
+            members: self.members.clone(),
+            picker: self.picker.clone(),
+            make: self.make.clone(),
         }
     }
 }
 
-impl Service<Request<Body>> for Balancer {
+impl<M: MakeEndpoint> Balancer<M> {
+    pub fn new(cluster: Arc<str>, members: Arc<Membership>, policy: LbPolicy, make: M) -> Self {
+        Balancer {
+            cluster,
+            members,
+            picker: Arc::new(Picker::new(policy)),
+            make: Arc::new(make),
+        }
+    }
+}
+
+type Unavailable = Ready<Result<Response<Body>, ProxyError>>;
+
+impl<M: MakeEndpoint> Service<Request<Body>> for Balancer<M> {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+    type Future = Either<<M::Service as Service<Request<Body>>>::Future, Unavailable>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
@@ -238,22 +274,13 @@ impl Service<Request<Body>> for Balancer {
                 if let Some(a) = &attempted {
                     a.push(m.endpoint.addr());
                 }
-                // The endpoint stack: outlier detection (when the cluster has it) around
-                // the endpoint's own service.
-                let mut endpoint = EndpointService::new(m.endpoint.clone());
-                match &self.outlier {
-                    Some(o) => Box::pin(
-                        OutlierLayer::new(o.clone(), m.endpoint)
-                            .layer(endpoint)
-                            .call(req),
-                    ),
-                    None => endpoint.call(req),
-                }
+                // Each member's service is made per pick (reference counts only), so
+                // the balancer holds no per-member state of its own.
+                Either::Left(self.make.make(m.endpoint).call(req))
             }
-            None => {
-                let cluster = self.cluster.clone();
-                Box::pin(async move { Err(ProxyError::NoHealthyEndpoint { cluster }) })
-            }
+            None => Either::Right(ready(Err(ProxyError::NoHealthyEndpoint {
+                cluster: self.cluster.clone(),
+            }))),
         }
     }
 }

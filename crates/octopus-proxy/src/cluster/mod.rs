@@ -9,12 +9,12 @@ mod health;
 pub use dns::{Resolve, SystemResolver};
 
 use crate::balance::{Balancer, Member, Membership};
-use crate::circuit_breaker::{Circuit, CircuitBreakerLayer};
+use crate::circuit_breaker::Circuit;
 use crate::descriptors::Group;
 use crate::endpoint::{Endpoint, EndpointStats, Settings};
 use crate::error::CompileError;
 use crate::outlier::Outlier;
-use crate::BoxService;
+use crate::{stack, BoxService};
 use octopus_config::{ClusterConfig, HostPort};
 use octopus_metrics::Metrics;
 use octopus_tls::ClientTls;
@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::task::AbortHandle;
-use tower::Layer;
 
 #[derive(Debug, serde::Serialize)]
 pub struct MemberView {
@@ -253,19 +252,13 @@ impl Cluster {
                 Arc::new(move || members.upgrade().map_or((0, 0), |m| m.ejected_share()));
             Outlier::new(name.clone(), od, share)
         });
-        let balancer = Balancer::new(name.clone(), membership.clone(), spec.lb, outlier);
-        // Circuit above the balancer: an overflowing request is shed before any pick.
-        let service = match &limits {
-            Some(l) => BoxService::new(
-                CircuitBreakerLayer::new(
-                    name.clone(),
-                    l.clone(),
-                    ctx.metrics.circuit_overflow_total.clone(),
-                )
-                .layer(balancer),
-            ),
-            None => BoxService::new(balancer),
-        };
+        let balancer = Balancer::new(
+            name.clone(),
+            membership.clone(),
+            spec.lb,
+            stack::endpoint(outlier),
+        );
+        let service = stack::cluster(&name, limits.clone(), &ctx.metrics, balancer);
         Ok(Arc::new(Cluster {
             name,
             spec: spec.clone(),
