@@ -4,7 +4,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use octopus_config::{LbPolicy, Protocol};
 use octopus_proxy::balance::{Member, MemberSet, Picker};
-use octopus_proxy::endpoint::{Endpoint, Settings};
+use octopus_proxy::endpoint::{ConnectionSpec, Endpoint};
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,7 +15,7 @@ fn set(n: usize) -> MemberSet {
             endpoint: Endpoint::new(
                 "bench".into(),
                 SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 8080)),
-                Settings::new(Protocol::Http1, Duration::from_secs(1)),
+                &ConnectionSpec::new(Protocol::Http1, Duration::from_secs(1)),
                 None,
                 None,
                 None,

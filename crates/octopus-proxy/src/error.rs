@@ -86,6 +86,10 @@ pub enum ProxyError {
     /// A request framed with a transfer coding octopus does not implement.
     #[error("unsupported transfer coding")]
     UnsupportedTransferCoding,
+    /// A broken invariant of octopus itself (never the client's or the upstream's):
+    /// answered 500 and logged, so it is seen rather than passed off as a bad request.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     /// The route's `rate_limit` bucket is empty.
     #[error("rate limited")]
     RateLimited { retry_after: std::time::Duration },
@@ -159,6 +163,7 @@ impl ProxyError {
             ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -184,7 +189,8 @@ impl ProxyError {
             | ProxyError::IdentityNotAllowed => Fault::Client,
             ProxyError::NoRoute
             | ProxyError::CircuitOpen { .. }
-            | ProxyError::Overloaded { .. } => Fault::Octopus,
+            | ProxyError::Overloaded { .. }
+            | ProxyError::Internal(_) => Fault::Octopus,
             ProxyError::NoHealthyEndpoint { .. }
             | ProxyError::ConnectFailed { .. }
             | ProxyError::UpstreamReset { .. }
@@ -228,6 +234,7 @@ impl ProxyError {
             ProxyError::UnsupportedTransferCoding => "unsupported_transfer_coding",
             ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::Internal(_) => "internal",
         }
     }
 

@@ -20,10 +20,20 @@ use tower::ServiceExt;
 /// The verified identity of an inbound mTLS peer, as the app receives it.
 pub const PEER_IDENTITY: &str = "x-octopus-peer-identity";
 
+/// Which way traffic flows: the `direction` label of metrics, and which listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     Outbound,
     Inbound,
+}
+
+impl Direction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
 }
 
 enum Target<'a> {
@@ -71,10 +81,7 @@ pub(crate) async fn handle(
         },
     };
     let Some(admitted) = shared.admission(dir).admit(limits.max_requests) else {
-        let listener = match dir {
-            Direction::Outbound => "outbound",
-            Direction::Inbound => "inbound",
-        };
+        let listener = dir.name();
         return fail(ProxyError::Overloaded { listener }, early, start);
     };
     // Checked before routing: the authority must be one octopus can route on and
@@ -131,6 +138,9 @@ pub(crate) async fn handle(
 
 /// Records a failure and turns it into the client's answer.
 fn fail(e: ProxyError, metrics: &TargetMetrics, start: Instant) -> Response<Body> {
+    if let ProxyError::Internal(why) = &e {
+        tracing::error!(why, "internal error; please report it");
+    }
     metrics.record(e.recorded_status(), start.elapsed());
     metrics.error(e.kind());
     e.into_response()

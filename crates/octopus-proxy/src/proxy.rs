@@ -42,29 +42,30 @@ pub enum ReloadError {
     Compile(#[from] CompileError),
 }
 
+/// A listener: one of the two traffic directions, or admin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Admin,
-    Outbound,
-    Inbound,
+    Traffic(Direction),
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Outbound, Kind::Inbound, Kind::Admin];
+    const ALL: [Kind; 3] = [Kind::OUTBOUND, Kind::INBOUND, Kind::Admin];
+    const OUTBOUND: Kind = Kind::Traffic(Direction::Outbound);
+    const INBOUND: Kind = Kind::Traffic(Direction::Inbound);
 
     fn name(self) -> &'static str {
         match self {
             Kind::Admin => "admin",
-            Kind::Outbound => "outbound",
-            Kind::Inbound => "inbound",
+            Kind::Traffic(d) => d.name(),
         }
     }
 
     fn address(self, c: &Config) -> Option<&HostPort> {
         match self {
             Kind::Admin => Some(&c.admin.listen),
-            Kind::Outbound => c.outbound.as_ref().map(|o| &o.listen),
-            Kind::Inbound => c.inbound.as_ref().map(|i| &i.listen),
+            Kind::OUTBOUND => c.outbound.as_ref().map(|o| &o.listen),
+            Kind::INBOUND => c.inbound.as_ref().map(|i| &i.listen),
         }
     }
 }
@@ -90,8 +91,8 @@ impl Listeners {
     fn slot(&mut self, kind: Kind) -> &mut Option<Listener> {
         match kind {
             Kind::Admin => &mut self.admin,
-            Kind::Outbound => &mut self.outbound,
-            Kind::Inbound => &mut self.inbound,
+            Kind::OUTBOUND => &mut self.outbound,
+            Kind::INBOUND => &mut self.inbound,
         }
     }
 }
@@ -140,12 +141,7 @@ fn spawn(kind: Kind, l: TcpListener, configured: HostPort, shared: &Arc<Shared>)
                 async move { admin::handle(&sh, &req) }
             },
         )),
-        Kind::Outbound | Kind::Inbound => {
-            let dir = if kind == Kind::Outbound {
-                Direction::Outbound
-            } else {
-                Direction::Inbound
-            };
+        Kind::Traffic(dir) => {
             let settings = FromSnapshot {
                 shared: shared.clone(),
                 kind,
@@ -182,8 +178,8 @@ impl listener::Settings for FromSnapshot {
         let snap = self.shared.snapshot.load();
         let c = &snap.config;
         let limits = match self.kind {
-            Kind::Outbound => c.outbound.as_ref().map(|o| o.limits()),
-            Kind::Inbound => c.inbound.as_ref().map(|i| i.limits()),
+            Kind::OUTBOUND => c.outbound.as_ref().map(|o| o.limits()),
+            Kind::INBOUND => c.inbound.as_ref().map(|i| i.limits()),
             Kind::Admin => None,
         };
         limits.unwrap_or_default()
@@ -192,15 +188,15 @@ impl listener::Settings for FromSnapshot {
     fn descriptors(&self) -> Option<Arc<crate::descriptors::Group>> {
         let d = &self.shared.descriptors;
         match self.kind {
-            Kind::Outbound => Some(d.outbound.clone()),
-            Kind::Inbound => Some(d.inbound.clone()),
+            Kind::OUTBOUND => Some(d.outbound.clone()),
+            Kind::INBOUND => Some(d.inbound.clone()),
             Kind::Admin => None,
         }
     }
 
     fn tls(&self) -> Option<Arc<octopus_tls::ServerTls>> {
         match self.kind {
-            Kind::Inbound => self
+            Kind::INBOUND => self
                 .shared
                 .snapshot
                 .load()
@@ -300,10 +296,10 @@ impl Proxy {
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
     pub fn outbound_addr(&self) -> Option<SocketAddr> {
-        self.local(Kind::Outbound)
+        self.local(Kind::OUTBOUND)
     }
     pub fn inbound_addr(&self) -> Option<SocketAddr> {
-        self.local(Kind::Inbound)
+        self.local(Kind::INBOUND)
     }
 
     /// The drain deadline of the config serving now (it may have been reloaded).

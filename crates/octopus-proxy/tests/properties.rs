@@ -3,7 +3,7 @@
 
 use octopus_config::{LbPolicy, MatchConfig, Protocol};
 use octopus_proxy::balance::{Member, MemberSet, Picker};
-use octopus_proxy::endpoint::{Endpoint, Settings};
+use octopus_proxy::endpoint::{ConnectionSpec, Endpoint};
 use octopus_proxy::retry::Budget;
 use octopus_proxy::router::Matcher;
 use proptest::prelude::*;
@@ -19,7 +19,7 @@ fn members(weights: &[u32]) -> Vec<Member> {
             endpoint: Endpoint::new(
                 "p".into(),
                 SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16)),
-                Settings::new(Protocol::Http1, Duration::from_secs(1)),
+                &ConnectionSpec::new(Protocol::Http1, Duration::from_secs(1)),
                 None,
                 None,
                 None,

@@ -288,7 +288,7 @@ impl<M: MakeEndpoint> Service<Request<Body>> for Balancer<M> {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
-    use crate::endpoint::Settings;
+    use crate::endpoint::ConnectionSpec;
     use octopus_config::Protocol;
     use std::time::Duration;
 
@@ -301,7 +301,7 @@ pub(crate) mod testing {
                 endpoint: Endpoint::new(
                     "test".into(),
                     std::net::SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
-                    Settings::new(Protocol::Http1, Duration::from_secs(1)),
+                    &ConnectionSpec::new(Protocol::Http1, Duration::from_secs(1)),
                     None,
                     None,
                     None,

@@ -11,7 +11,7 @@ pub use dns::{Resolve, SystemResolver};
 use crate::balance::{Balancer, Member, Membership};
 use crate::circuit_breaker::Circuit;
 use crate::descriptors::Group;
-use crate::endpoint::{Endpoint, EndpointStats, Settings};
+use crate::endpoint::{ConnectionSpec, Endpoint, EndpointStats};
 use crate::error::CompileError;
 use crate::outlier::Outlier;
 use crate::{stack, BoxService};
@@ -49,6 +49,8 @@ pub struct Cluster {
     pub spec: ClusterConfig,
     members: Arc<Membership>,
     service: BoxService,
+    /// What its endpoints' connections are made with: the endpoint-reuse key.
+    connection: ConnectionSpec,
     limits: Option<Arc<Circuit>>,
     tls: Option<Arc<ClientTls>>,
     tasks: Vec<AbortHandle>,
@@ -71,6 +73,7 @@ impl Drop for Cluster {
 pub(crate) struct EndpointPool {
     cluster: Arc<str>,
     spec: ClusterConfig,
+    connection: ConnectionSpec,
     known: HashMap<SocketAddr, Arc<Endpoint>>,
     /// The cluster's connection/request limits, shared by all its endpoints.
     limits: Option<Arc<Circuit>>,
@@ -87,16 +90,9 @@ impl EndpointPool {
         ctx: &BuildContext,
     ) -> Result<Self, CompileError> {
         let metrics = &ctx.metrics;
-        // Endpoints carry the connection settings and the limits counter they were
-        // built with: reuse them only when those are unchanged.
-        let compatible = previous.filter(|p| {
-            p.spec.protocol == spec.protocol
-                && p.spec.connect_timeout == spec.connect_timeout
-                && p.spec.circuit_breaker == spec.circuit_breaker
-                && p.spec.tls == spec.tls
-                && p.spec.max_response_header_bytes == spec.max_response_header_bytes
-                && p.spec.max_response_headers == spec.max_response_headers
-        });
+        // Endpoints carry what they were built with: reuse them only when it is equal.
+        let connection = ConnectionSpec::of(spec);
+        let compatible = previous.filter(|p| p.connection == connection);
         let limits = match compatible {
             Some(p) => p.limits.clone(),
             None => spec.circuit_breaker.clone().map(|cb| {
@@ -135,6 +131,7 @@ impl EndpointPool {
         Ok(EndpointPool {
             cluster,
             spec: spec.clone(),
+            connection,
             known,
             limits,
             tls,
@@ -143,9 +140,9 @@ impl EndpointPool {
     }
 
     fn get(&mut self, addr: SocketAddr) -> Arc<Endpoint> {
-        let (cluster, spec, limits, tls, fds) = (
+        let (cluster, connection, limits, tls, fds) = (
             &self.cluster,
-            &self.spec,
+            &self.connection,
             &self.limits,
             &self.tls,
             &self.descriptors,
@@ -156,7 +153,7 @@ impl EndpointPool {
                 Endpoint::new(
                     cluster.clone(),
                     addr,
-                    Settings::of(spec),
+                    connection,
                     limits.clone(),
                     tls.clone(),
                     fds.clone(),
@@ -222,6 +219,7 @@ impl Cluster {
         let membership = Membership::new(members);
         membership.adopt();
         let limits = pool.limits.clone();
+        let connection = pool.connection.clone();
         let tls = pool.tls.clone();
         let mut tasks = Vec::new();
         if !names.is_empty() {
@@ -264,6 +262,7 @@ impl Cluster {
             spec: spec.clone(),
             members: membership,
             service,
+            connection,
             limits,
             tls,
             tasks,

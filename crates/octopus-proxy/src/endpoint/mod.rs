@@ -66,34 +66,43 @@ pub struct EndpointStats {
     pub failures_total: u64,
 }
 
-/// How an endpoint's connections are made and what they accept from the upstream.
-#[derive(Debug, Clone, Copy)]
-pub struct Settings {
+/// Everything an endpoint's connections are made with: the one value that both builds
+/// an endpoint and decides whether a reload may reuse it (pools, counters, health and
+/// ejection state survive only while it is equal). A cluster's circuit-breaker
+/// limits and TLS client are shared by its endpoints, so they are part of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionSpec {
     pub protocol: Protocol,
     pub connect_timeout: Duration,
     /// Largest response head; hyper refuses a larger (or endless) one, which fails
     /// that one request with 502.
     pub max_response_header_bytes: u32,
     pub max_response_headers: u32,
+    pub circuit_breaker: Option<octopus_config::CircuitBreakerConfig>,
+    pub tls: Option<octopus_config::ClusterTlsConfig>,
 }
 
-impl Settings {
-    /// The defaults of the config schema for everything but protocol and timeout.
+impl ConnectionSpec {
+    /// Plain connections with the schema's defaults but for protocol and timeout.
     pub fn new(protocol: Protocol, connect_timeout: Duration) -> Self {
-        Settings {
+        ConnectionSpec {
             protocol,
             connect_timeout,
             max_response_header_bytes: octopus_config::DEFAULT_MAX_HEADER_BYTES,
             max_response_headers: octopus_config::DEFAULT_MAX_HEADERS,
+            circuit_breaker: None,
+            tls: None,
         }
     }
 
     pub fn of(spec: &octopus_config::ClusterConfig) -> Self {
-        Settings {
+        ConnectionSpec {
             protocol: spec.protocol,
             connect_timeout: spec.connect_timeout.get(),
             max_response_header_bytes: spec.max_response_header_bytes,
             max_response_headers: spec.max_response_headers,
+            circuit_breaker: spec.circuit_breaker.clone(),
+            tls: spec.tls.clone(),
         }
     }
 }
@@ -105,7 +114,7 @@ impl Endpoint {
     pub fn new(
         cluster: Arc<str>,
         addr: SocketAddr,
-        settings: Settings,
+        settings: &ConnectionSpec,
         limits: Option<Arc<Circuit>>,
         tls: Option<Arc<ClientTls>>,
         descriptors: Option<Arc<crate::descriptors::Group>>,

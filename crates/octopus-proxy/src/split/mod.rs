@@ -80,9 +80,10 @@ impl Service<Request<Body>> for Split {
         let r = self.point(&req);
         match self.pick(r) {
             Some(svc) => svc.clone().call(req),
+            // Validation refuses a split whose weights are all 0.
             None => Box::pin(async {
-                Err(ProxyError::BadRequest(
-                    "route has no cluster with positive weight",
+                Err(ProxyError::Internal(
+                    "split has no cluster with positive weight",
                 ))
             }),
         }
