@@ -5,7 +5,10 @@
 //! data, so cardinality is bounded by the config.
 #![forbid(unsafe_code)]
 
+mod endpoints;
 mod process;
+
+pub use endpoints::{EndpointSample, EndpointSource};
 
 use arc_swap::ArcSwap;
 use prometheus::{
@@ -20,7 +23,8 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// All metric families of one octopus process.
+/// All metric families of one octopus process. Each is named once, where it is
+/// created and registered (see [`Families`]).
 pub struct Metrics {
     registry: Registry,
     requests_total: IntCounterVec,
@@ -40,262 +44,177 @@ pub struct Metrics {
     pub upstream_retries_total: IntCounterVec,
     pub retry_budget_exhausted_total: IntCounterVec,
     pub circuit_overflow_total: IntCounterVec,
-    pub endpoint_ejected: IntGaugeVec,
     pub tls_handshakes_total: IntCounterVec,
     pub tls_cert_expiry: IntGaugeVec,
-    /// Per-endpoint gauges, refreshed from live cluster state at each scrape.
-    pub endpoint_healthy: IntGaugeVec,
-    pub endpoint_in_flight: IntGaugeVec,
-    pub endpoint_weight: IntGaugeVec,
+    /// Per-endpoint gauges, read from live cluster state when scraped.
+    endpoints: endpoints::EndpointCollector,
     process: process::ProcessMetrics,
+}
+
+/// Creates metric families and registers each as it is made, so a family's name,
+/// help and labels are written in one place.
+struct Families<'a>(&'a Registry);
+
+impl Families<'_> {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        // Distinct, statically named families cannot fail to register.
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("metric families have distinct names");
+        c
+    }
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(
+            IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition"),
+        )
+    }
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition"),
+        )
+    }
 }
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();
-        let requests_total = IntCounterVec::new(
-            Opts::new(
+        let f = Families(&registry);
+        let m = Metrics {
+            requests_total: f.counters(
                 "octopus_requests_total",
                 "Requests answered, by direction, route, cluster and status code.",
+                &["direction", "route", "cluster", "code"],
             ),
-            &["direction", "route", "cluster", "code"],
-        )
-        .expect("static metric definition");
-        let proxy_errors_total = IntCounterVec::new(
-            Opts::new(
+            request_duration: f.register(
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "octopus_request_duration_seconds",
+                        "Time from receiving a request's head to sending the response head, retries included.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["direction", "route", "cluster"],
+                )
+                .expect("static metric definition"),
+            ),
+            proxy_errors_total: f.counters(
                 "octopus_proxy_errors_total",
                 "Requests octopus answered (or lost) with an error of its own, by kind (the x-octopus-error value, or client_aborted).",
+                &["direction", "route", "cluster", "kind"],
             ),
-            &["direction", "route", "cluster", "kind"],
-        )
-        .expect("static metric definition");
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "octopus_request_duration_seconds",
-                "Time from receiving a request's head to sending the response head, retries included.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["direction", "route", "cluster"],
-        )
-        .expect("static metric definition");
-        let config_reloads_total = IntCounterVec::new(
-            Opts::new(
+            config_reloads_total: f.counters(
                 "octopus_config_reloads_total",
                 "Config reload attempts by result (success|failure).",
+                &["result"],
             ),
-            &["result"],
-        )
-        .expect("static metric definition");
-        let config_generation = IntGauge::new(
-            "octopus_config_generation",
-            "Generation of the config now serving; 1 at start, +1 per successful reload.",
-        )
-        .expect("static metric definition");
-        let connections_total = IntCounterVec::new(
-            Opts::new(
+            config_generation: f.register(
+                IntGauge::new(
+                    "octopus_config_generation",
+                    "Generation of the config now serving; 1 at start, +1 per successful reload.",
+                )
+                .expect("static metric definition"),
+            ),
+            connections_total: f.counters(
                 "octopus_connections_total",
                 "Downstream connections accepted, by listener.",
+                &["listener"],
             ),
-            &["listener"],
-        )
-        .expect("static metric definition");
-        let connections_active = IntGaugeVec::new(
-            Opts::new(
+            connections_active: f.gauges(
                 "octopus_connections_active",
                 "Downstream connections open now, by listener.",
+                &["listener"],
             ),
-            &["listener"],
-        )
-        .expect("static metric definition");
-        let dns_failures_total = IntCounterVec::new(
-            Opts::new(
-                "octopus_dns_resolution_failures_total",
-                "Failed DNS lookups of endpoint names; the last good addresses keep serving.",
-            ),
-            &["cluster"],
-        )
-        .expect("static metric definition");
-        let mirror_requests_total = IntCounterVec::new(
-            Opts::new(
-                "octopus_mirror_requests_total",
-                "Shadow copies sent by a route's mirror (responses are ignored).",
-            ),
-            &["route", "cluster"],
-        )
-        .expect("static metric definition");
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
-        };
-        let upstream_retries_total = counter(
-            "octopus_upstream_retries_total",
-            "Retries sent (tries after the first), by the cluster of the failed try.",
-            &["cluster"],
-        );
-        let retry_budget_exhausted_total = counter(
-            "octopus_retry_budget_exhausted_total",
-            "Failures returned without a retry because the route's retry budget was spent.",
-            &["cluster"],
-        );
-        let circuit_overflow_total = counter(
-            "octopus_circuit_overflow_total",
-            "Requests answered 503 at once because a cluster limit was reached.",
-            &["cluster", "limit"],
-        );
-        let tls_handshakes_total = counter(
-            "octopus_tls_handshakes_total",
-            "TLS handshakes by direction (inbound|outbound) and result (ok, no_client_cert, unknown_ca, expired, bad_identity, protocol).",
-            &["direction", "result"],
-        );
-        let tls_cert_expiry = IntGaugeVec::new(
-            Opts::new(
-                "octopus_tls_cert_expiry_timestamp_seconds",
-                "When the first certificate of a loaded PEM file expires (unix time).",
-            ),
-            &["path"],
-        )
-        .expect("static metric definition");
-        let endpoint_gauge = |name: &str, help: &str| {
-            IntGaugeVec::new(Opts::new(name, help), &["cluster", "endpoint"])
-                .expect("static metric definition")
-        };
-        let endpoint_healthy = endpoint_gauge(
-            "octopus_endpoint_healthy",
-            "1 while the endpoint passes active health checks (or has none), else 0.",
-        );
-        let endpoint_in_flight = endpoint_gauge(
-            "octopus_endpoint_in_flight",
-            "Requests in flight to the endpoint, response bodies included.",
-        );
-        let endpoint_ejected = endpoint_gauge(
-            "octopus_endpoint_ejected",
-            "1 while outlier detection has the endpoint ejected (breaker open), else 0.",
-        );
-        let endpoint_weight = endpoint_gauge(
-            "octopus_endpoint_weight",
-            "Configured weight of the endpoint; 0 drains it.",
-        );
-        let listener_overflow_total = IntCounterVec::new(
-            Opts::new(
+            listener_overflow_total: f.counters(
                 "octopus_listener_overflow_total",
-                "Connections closed at accept because the listener's max_connections was reached.",
+                "Connections closed at accept because the listener's max_connections (or its side's descriptor share) was reached.",
+                &["listener"],
             ),
-            &["listener"],
-        )
-        .expect("static metric definition");
-        let listener_accept_errors_total = IntCounterVec::new(
-            Opts::new(
+            listener_accept_errors_total: f.counters(
                 "octopus_listener_accept_errors_total",
                 "Failed accepts (e.g. EMFILE: out of file descriptors); each pauses the listener 50 ms.",
+                &["listener"],
             ),
-            &["listener"],
-        )
-        .expect("static metric definition");
-        let rate_limited_total = IntCounterVec::new(
-            Opts::new(
-                "octopus_rate_limited_total",
-                "Requests answered 429 rate_limited by a route's rate_limit.",
-            ),
-            &["route"],
-        )
-        .expect("static metric definition");
-        let descriptors = IntGaugeVec::new(
-            Opts::new(
+            descriptors: f.gauges(
                 "octopus_descriptors",
                 "File descriptors of each side (outbound, inbound): used by connections from clients and to upstreams, and the side's capacity.",
+                &["side", "state"],
             ),
-            &["side", "state"],
-        )
-        .expect("static metric definition");
-        let descriptors_refused_total = IntCounterVec::new(
-            Opts::new(
+            descriptors_refused_total: f.counters(
                 "octopus_descriptors_refused_total",
                 "Connections (accepted or to an upstream) refused because the side's descriptor share was spent.",
+                &["side"],
             ),
-            &["side"],
-        )
-        .expect("static metric definition");
-        for side in ["outbound", "inbound"] {
-            descriptors_refused_total.with_label_values(&[side]);
-        }
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "octopus_build_info",
-                "Always 1; labelled with the octopus version.",
+            dns_failures_total: f.counters(
+                "octopus_dns_resolution_failures_total",
+                "Failed DNS lookups of endpoint names; the last good addresses keep serving.",
+                &["cluster"],
             ),
+            mirror_requests_total: f.counters(
+                "octopus_mirror_requests_total",
+                "Shadow copies sent by a route's mirror (responses are ignored).",
+                &["route", "cluster"],
+            ),
+            rate_limited_total: f.counters(
+                "octopus_rate_limited_total",
+                "Requests answered 429 rate_limited by a route's rate_limit.",
+                &["route"],
+            ),
+            upstream_retries_total: f.counters(
+                "octopus_upstream_retries_total",
+                "Retries sent (tries after the first), by the cluster of the failed try.",
+                &["cluster"],
+            ),
+            retry_budget_exhausted_total: f.counters(
+                "octopus_retry_budget_exhausted_total",
+                "Failures returned without a retry because the route's retry budget was spent.",
+                &["cluster"],
+            ),
+            circuit_overflow_total: f.counters(
+                "octopus_circuit_overflow_total",
+                "Requests answered 503 at once because a cluster limit was reached.",
+                &["cluster", "limit"],
+            ),
+            tls_handshakes_total: f.counters(
+                "octopus_tls_handshakes_total",
+                "TLS handshakes by direction (inbound|outbound) and result (ok, no_client_cert, unknown_ca, expired, bad_identity, protocol).",
+                &["direction", "result"],
+            ),
+            tls_cert_expiry: f.gauges(
+                "octopus_tls_cert_expiry_timestamp_seconds",
+                "When the first certificate of a loaded PEM file expires (unix time).",
+                &["path"],
+            ),
+            endpoints: f.register(endpoints::EndpointCollector::new()),
+            process: process::ProcessMetrics::new(),
+            // A handle to the same registry (it is reference-counted).
+            registry: registry.clone(),
+        };
+        let build_info = f.gauges(
+            "octopus_build_info",
+            "Always 1; labelled with the octopus version.",
             &["version"],
-        )
-        .expect("static metric definition");
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let process = process::ProcessMetrics::new();
-        // Registering distinct, statically named families cannot fail.
-        for c in [
-            Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(request_duration.clone()),
-            Box::new(proxy_errors_total.clone()),
-            Box::new(config_reloads_total.clone()),
-            Box::new(config_generation.clone()),
-            Box::new(connections_total.clone()),
-            Box::new(connections_active.clone()),
-            Box::new(listener_overflow_total.clone()),
-            Box::new(listener_accept_errors_total.clone()),
-            Box::new(descriptors.clone()),
-            Box::new(descriptors_refused_total.clone()),
-            Box::new(build_info),
-            Box::new(dns_failures_total.clone()),
-            Box::new(mirror_requests_total.clone()),
-            Box::new(rate_limited_total.clone()),
-            Box::new(upstream_retries_total.clone()),
-            Box::new(retry_budget_exhausted_total.clone()),
-            Box::new(circuit_overflow_total.clone()),
-            Box::new(endpoint_ejected.clone()),
-            Box::new(tls_handshakes_total.clone()),
-            Box::new(tls_cert_expiry.clone()),
-            Box::new(endpoint_healthy.clone()),
-            Box::new(endpoint_in_flight.clone()),
-            Box::new(endpoint_weight.clone()),
-        ]
-        .into_iter()
-        .chain(process.collectors())
-        {
+        for c in m.process.collectors() {
             registry
                 .register(c)
                 .expect("metric families have distinct names");
         }
-        // Both results exist from the start so alerts on `increase(...)` see a series.
+        // Series that exist from the start, so alerts on `increase(...)` see them.
         for r in ["success", "failure"] {
-            config_reloads_total.with_label_values(&[r]);
+            m.config_reloads_total.with_label_values(&[r]);
         }
-        Arc::new(Metrics {
-            registry,
-            requests_total,
-            request_duration,
-            proxy_errors_total,
-            config_reloads_total,
-            config_generation,
-            connections_total,
-            connections_active,
-            listener_overflow_total,
-            listener_accept_errors_total,
-            descriptors,
-            descriptors_refused_total,
+        for side in ["outbound", "inbound"] {
+            m.descriptors_refused_total.with_label_values(&[side]);
+        }
+        Arc::new(m)
+    }
 
-            dns_failures_total,
-            mirror_requests_total,
-            rate_limited_total,
-            upstream_retries_total,
-            retry_budget_exhausted_total,
-            circuit_overflow_total,
-            endpoint_ejected,
-            tls_handshakes_total,
-            tls_cert_expiry,
-
-            endpoint_healthy,
-            endpoint_in_flight,
-            endpoint_weight,
-            process,
-        })
+    /// Where the endpoint gauges are read from at each scrape (the running proxy's
+    /// clusters). Until one is set they have no series.
+    pub fn set_endpoint_source(&self, source: std::sync::Weak<dyn EndpointSource>) {
+        self.endpoints.set_source(source);
     }
 
     /// Handles for one (direction, route, cluster) target, resolved once when the

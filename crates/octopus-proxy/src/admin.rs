@@ -18,14 +18,10 @@ pub(crate) fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
     }
     match req.uri().path() {
         "/metrics" => {
-            // Reset-and-refill of the endpoint gauges must not interleave with another
-            // scrape's, or one of them would miss series.
-            let page = {
-                let _one_at_a_time = shared.scrape.lock().unwrap_or_else(|p| p.into_inner());
-                refresh_endpoint_gauges(shared);
-                shared.descriptors.report(&shared.metrics);
-                shared.metrics.encode()
-            };
+            // Endpoint gauges are read from the clusters by their collector as the
+            // registry is gathered; descriptor counts are two gauges set here.
+            shared.descriptors.report(&shared.metrics);
+            let page = shared.metrics.encode();
             let mut resp = text(StatusCode::OK, page);
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -50,32 +46,24 @@ pub(crate) fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
     }
 }
 
-/// Endpoint gauges are set from live state at scrape time rather than on every
-/// request; resetting first drops series of endpoints that are gone.
-fn refresh_endpoint_gauges(shared: &Shared) {
-    let snap = shared.snapshot.load();
-    let m = &shared.metrics;
-    m.endpoint_healthy.reset();
-    m.endpoint_in_flight.reset();
-    m.endpoint_weight.reset();
-    m.endpoint_ejected.reset();
-    let inbound = snap.inbound.as_ref().map(|i| &i.cluster);
-    for cluster in snap.clusters.values().chain(inbound) {
-        for member in cluster.members() {
-            let ep = member.endpoint.addr().to_string();
-            let labels = [&*cluster.name, ep.as_str()];
-            m.endpoint_healthy
-                .with_label_values(&labels)
-                .set(i64::from(member.endpoint.is_healthy()));
-            m.endpoint_in_flight
-                .with_label_values(&labels)
-                .set(member.endpoint.in_flight() as i64);
-            m.endpoint_weight
-                .with_label_values(&labels)
-                .set(i64::from(member.weight));
-            m.endpoint_ejected
-                .with_label_values(&labels)
-                .set(i64::from(member.endpoint.is_ejected()));
+/// The endpoint gauges' source: every member of every cluster serving now, and the
+/// local app.
+impl octopus_metrics::EndpointSource for Shared {
+    fn sample(&self, out: &mut Vec<octopus_metrics::EndpointSample>) {
+        let snap = self.snapshot.load();
+        let inbound = snap.inbound.as_ref().map(|i| &i.cluster);
+        for cluster in snap.clusters.values().chain(inbound) {
+            for member in cluster.members() {
+                let ep = &member.endpoint;
+                out.push(octopus_metrics::EndpointSample {
+                    cluster: cluster.name.clone(),
+                    endpoint: ep.addr().to_string(),
+                    healthy: ep.is_healthy(),
+                    in_flight: ep.in_flight(),
+                    weight: member.weight,
+                    ejected: ep.is_ejected(),
+                });
+            }
         }
     }
 }

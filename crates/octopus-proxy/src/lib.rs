@@ -57,8 +57,6 @@ pub(crate) struct Shared {
     pub(crate) inbound_requests: Arc<admission::Admission>,
     /// Each side's share of file descriptors.
     pub(crate) descriptors: descriptors::Budget,
-    /// Serialises `/metrics` scrapes (see `admin::refresh_endpoint_gauges`).
-    pub(crate) scrape: std::sync::Mutex<()>,
 }
 
 impl Shared {

@@ -259,8 +259,10 @@ impl Proxy {
             outbound_requests: crate::admission::Admission::new(),
             inbound_requests: crate::admission::Admission::new(),
             descriptors,
-            scrape: std::sync::Mutex::new(()),
         });
+        let source: std::sync::Weak<dyn octopus_metrics::EndpointSource> =
+            Arc::downgrade(&shared) as _;
+        shared.metrics.set_endpoint_source(source);
         let mut listeners = Listeners::default();
         for (kind, l, configured) in bound {
             *listeners.slot(kind) = Some(spawn(kind, l, configured, &shared));
