@@ -10,7 +10,8 @@ pub use crate::cluster::{BuildContext, Cluster};
 use crate::rate_limit::Bucket;
 use crate::router::{Matcher, Router};
 use crate::{stack, BoxService};
-use octopus_config::{ClusterConfig, Config, Protocol};
+use octopus_config::{Config, InboundConfig, OutboundConfig, Protocol, RouteConfig};
+use octopus_metrics::Metrics;
 use octopus_metrics::TargetMetrics;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,8 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use crate::error::{CompileError, INBOUND_ROUTE, LOCAL_APP, NONE_LABEL};
-
-const INBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct Route {
     pub name: Arc<str>,
@@ -77,8 +76,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Compiles a validated config. Clusters (and the inbound target) whose spec did not
-    /// change are taken over from `previous`, keeping their pools and counters.
+    /// Compiles a validated config. Live state whose spec did not change (clusters,
+    /// the local app, rate-limit buckets, the inbound TLS terminator) is taken over from
+    /// `previous`, keeping its pools, counters and tokens.
     pub async fn compile(
         config: Config,
         generation: u64,
@@ -87,160 +87,22 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         ctx: &BuildContext,
     ) -> Result<Snapshot, CompileError> {
-        let metrics = &ctx.metrics;
-        let mut clusters = BTreeMap::new();
-        for (name, spec) in &config.clusters {
-            let old = previous.and_then(|p| p.clusters.get(name));
-            let cluster = match old.filter(|c| &c.spec == spec) {
-                Some(c) => c.clone(),
-                None => Cluster::build(name, spec, old.map(|c| &**c), ctx).await?,
-            };
-            clusters.insert(name.clone(), cluster);
-        }
-
+        let clusters = compile_clusters(&config, previous, ctx).await?;
         let mut buckets = BTreeMap::new();
         let outbound = match &config.outbound {
+            Some(out) => Some(compile_outbound(
+                out,
+                &clusters,
+                previous,
+                &mut buckets,
+                ctx,
+            )?),
             None => None,
-            Some(out) => {
-                let mut routes = Vec::with_capacity(out.routes.len());
-                for r in &out.routes {
-                    let matcher = Matcher::compile(&r.matches)
-                        .map_err(|e| CompileError(format!("route `{}`: {e}", r.name)))?;
-                    let weighted: Vec<(u32, &str)> = match (&r.cluster, &r.split) {
-                        (Some(c), _) => vec![(1, c.as_str())],
-                        (None, Some(split)) => split
-                            .iter()
-                            .map(|t| (t.weight, t.cluster.as_str()))
-                            .collect(),
-                        (None, None) => {
-                            return Err(CompileError(format!("route `{}` has no cluster", r.name)))
-                        }
-                    };
-                    let lookup = |c: &str| {
-                        clusters.get(c).ok_or_else(|| {
-                            CompileError(format!("route `{}`: unknown cluster `{c}`", r.name))
-                        })
-                    };
-                    let targets = weighted
-                        .iter()
-                        .map(|(w, c)| Ok((*w, lookup(c)?.service())))
-                        .collect::<Result<Vec<_>, CompileError>>()?;
-                    let mirror = match &r.mirror {
-                        Some(m) => Some(lookup(&m.cluster)?.service()),
-                        None => None,
-                    };
-                    // An unchanged limit keeps its bucket (and its tokens) across reloads.
-                    let bucket = r.rate_limit.as_ref().map(|spec| {
-                        Bucket::reuse(previous.and_then(|p| p.buckets.get(&r.name)), spec)
-                    });
-                    if let Some(b) = &bucket {
-                        buckets.insert(r.name.clone(), b.clone());
-                        // The series exists from the moment the limit is configured.
-                        metrics.rate_limited_total.with_label_values(&[&r.name]);
-                    }
-                    let service = stack::route(stack::RouteParts {
-                        config: r,
-                        targets,
-                        mirror,
-                        bucket,
-                        metrics,
-                    });
-                    let targets: Vec<(Arc<str>, TargetMetrics)> = weighted
-                        .iter()
-                        .map(|(_, c)| {
-                            (Arc::<str>::from(*c), metrics.target("outbound", &r.name, c))
-                        })
-                        .collect();
-                    let fallback = match targets.as_slice() {
-                        [(_, only)] => only.clone(),
-                        _ => metrics.target("outbound", &r.name, NONE_LABEL),
-                    };
-                    routes.push((
-                        matcher,
-                        Route {
-                            name: r.name.as_str().into(),
-                            max_body: r.max_request_body_bytes,
-                            upgrades: r.upgrades.clone(),
-                            request_body_timeout: r.request_body_timeout.get(),
-                            service,
-                            targets,
-                            fallback,
-                        },
-                    ));
-                }
-                Some(Outbound {
-                    router: Router::new(routes),
-                    no_route: metrics.target("outbound", NONE_LABEL, NONE_LABEL),
-                })
-            }
         };
-
         let inbound = match &config.inbound {
+            Some(inb) => Some(compile_inbound(inb, previous, ctx).await?),
             None => None,
-            Some(inb) => {
-                let forward_to = inb.forward_to.socket_addr().ok_or_else(|| {
-                    CompileError(format!(
-                        "inbound.forward_to {} is not an IP address",
-                        inb.forward_to
-                    ))
-                })?;
-                // The local app is a one-endpoint cluster with the inbound limits; its
-                // connections draw from the inbound side's descriptors.
-                let spec = ClusterConfig {
-                    lb: Default::default(),
-                    protocol: inb.app_protocol,
-                    endpoints: vec![octopus_config::EndpointConfig {
-                        address: inb.forward_to.clone(),
-                        weight: 1,
-                    }],
-                    connect_timeout: octopus_config::Duration(INBOUND_CONNECT_TIMEOUT),
-                    dns_refresh_interval: octopus_config::Duration(INBOUND_CONNECT_TIMEOUT),
-                    circuit_breaker: Some(inb.circuit_breaker.clone()),
-                    outlier_detection: None,
-                    health_check: None,
-                    tls: None,
-                    max_response_header_bytes: octopus_config::DEFAULT_MAX_HEADER_BYTES,
-                    max_response_headers: octopus_config::DEFAULT_MAX_HEADERS,
-                };
-                let old = previous
-                    .and_then(|p| p.inbound.as_ref())
-                    .map(|i| &i.cluster);
-                let cluster = match old.filter(|c| c.spec == spec) {
-                    Some(c) => c.clone(),
-                    None => {
-                        let app_ctx = BuildContext {
-                            descriptors: ctx.inbound_descriptors.clone(),
-                            ..ctx.clone()
-                        };
-                        Cluster::build(LOCAL_APP, &spec, old.map(|c| &**c), &app_ctx).await?
-                    }
-                };
-                let tls = match &inb.tls {
-                    None => None,
-                    Some(spec) => Some(
-                        previous
-                            .and_then(|p| p.inbound.as_ref())
-                            .and_then(|i| i.tls.clone())
-                            .filter(|t| t.spec() == spec)
-                            .map_or_else(
-                                || octopus_tls::ServerTls::load(spec, ctx.metrics.clone()),
-                                Ok,
-                            )
-                            .map_err(|e| CompileError(format!("inbound.tls: {e}")))?,
-                    ),
-                };
-                Some(Inbound {
-                    tls,
-                    cluster,
-                    forward_to,
-                    upgrades: inb.upgrades.clone(),
-                    request_body_timeout: inb.request_body_timeout.get(),
-                    protocol: inb.app_protocol,
-                    metrics: metrics.target("inbound", INBOUND_ROUTE, LOCAL_APP),
-                })
-            }
         };
-
         Ok(Snapshot {
             generation,
             loaded_at: SystemTime::now(),
@@ -253,4 +115,147 @@ impl Snapshot {
             buckets,
         })
     }
+}
+
+/// Every cluster: an unchanged one is taken over whole, a changed one rebuilt (reusing
+/// the endpoints whose connection spec is unchanged).
+async fn compile_clusters(
+    config: &Config,
+    previous: Option<&Snapshot>,
+    ctx: &BuildContext,
+) -> Result<BTreeMap<String, Arc<Cluster>>, CompileError> {
+    let mut clusters = BTreeMap::new();
+    for (name, spec) in &config.clusters {
+        let old = previous.and_then(|p| p.clusters.get(name));
+        let cluster = match old.filter(|c| &c.spec == spec) {
+            Some(c) => c.clone(),
+            None => Cluster::build(name, spec, old.map(|c| &**c), ctx).await?,
+        };
+        clusters.insert(name.clone(), cluster);
+    }
+    Ok(clusters)
+}
+
+/// The route table, in config order.
+fn compile_outbound(
+    out: &OutboundConfig,
+    clusters: &BTreeMap<String, Arc<Cluster>>,
+    previous: Option<&Snapshot>,
+    buckets: &mut BTreeMap<String, Arc<Bucket>>,
+    ctx: &BuildContext,
+) -> Result<Outbound, CompileError> {
+    let metrics = &ctx.metrics;
+    let routes = out
+        .routes
+        .iter()
+        .map(|r| {
+            let matcher = Matcher::compile(&r.matches)
+                .map_err(|e| CompileError(format!("route `{}`: {e}", r.name)))?;
+            // An unchanged limit keeps its bucket (and its tokens) across reloads.
+            let bucket = r
+                .rate_limit
+                .as_ref()
+                .map(|spec| Bucket::reuse(previous.and_then(|p| p.buckets.get(&r.name)), spec));
+            if let Some(b) = &bucket {
+                buckets.insert(r.name.clone(), b.clone());
+                // The series exists from the moment the limit is configured.
+                metrics.rate_limited_total.with_label_values(&[&r.name]);
+            }
+            Ok((matcher, compile_route(r, clusters, bucket, metrics)?))
+        })
+        .collect::<Result<Vec<_>, CompileError>>()?;
+    Ok(Outbound {
+        router: Router::new(routes),
+        no_route: metrics.target("outbound", NONE_LABEL, NONE_LABEL),
+    })
+}
+
+/// One route: its service stack (see `stack::route`) and its metric handles.
+fn compile_route(
+    r: &RouteConfig,
+    clusters: &BTreeMap<String, Arc<Cluster>>,
+    bucket: Option<Arc<Bucket>>,
+    metrics: &Metrics,
+) -> Result<Route, CompileError> {
+    let weighted: Vec<(u32, &str)> = match (&r.cluster, &r.split) {
+        (Some(c), _) => vec![(1, c.as_str())],
+        (None, Some(split)) => split
+            .iter()
+            .map(|t| (t.weight, t.cluster.as_str()))
+            .collect(),
+        (None, None) => return Err(CompileError(format!("route `{}` has no cluster", r.name))),
+    };
+    let lookup = |c: &str| {
+        clusters
+            .get(c)
+            .map(|c| c.service())
+            .ok_or_else(|| CompileError(format!("route `{}`: unknown cluster `{c}`", r.name)))
+    };
+    let targets = weighted
+        .iter()
+        .map(|(w, c)| Ok((*w, lookup(c)?)))
+        .collect::<Result<Vec<_>, CompileError>>()?;
+    let mirror = r.mirror.as_ref().map(|m| lookup(&m.cluster)).transpose()?;
+    let service = stack::route(stack::RouteParts {
+        config: r,
+        targets,
+        mirror,
+        bucket,
+        metrics,
+    });
+    let targets: Vec<(Arc<str>, TargetMetrics)> = weighted
+        .iter()
+        .map(|(_, c)| (Arc::<str>::from(*c), metrics.target("outbound", &r.name, c)))
+        .collect();
+    let fallback = match targets.as_slice() {
+        [(_, only)] => only.clone(),
+        _ => metrics.target("outbound", &r.name, NONE_LABEL),
+    };
+    Ok(Route {
+        name: r.name.as_str().into(),
+        max_body: r.max_request_body_bytes,
+        upgrades: r.upgrades.clone(),
+        request_body_timeout: r.request_body_timeout.get(),
+        service,
+        targets,
+        fallback,
+    })
+}
+
+/// The inbound side: the local app (taken over while unchanged) and the TLS
+/// terminator (kept while its spec is unchanged, so its rotation watch keeps running).
+async fn compile_inbound(
+    inb: &InboundConfig,
+    previous: Option<&Snapshot>,
+    ctx: &BuildContext,
+) -> Result<Inbound, CompileError> {
+    let forward_to = inb.forward_to.socket_addr().ok_or_else(|| {
+        CompileError(format!(
+            "inbound.forward_to {} is not an IP address",
+            inb.forward_to
+        ))
+    })?;
+    let old = previous.and_then(|p| p.inbound.as_ref());
+    let cluster = Cluster::local_app(inb, old.map(|i| &i.cluster), ctx).await?;
+    let tls = match &inb.tls {
+        None => None,
+        Some(spec) => Some(
+            old.and_then(|i| i.tls.clone())
+                .filter(|t| t.spec() == spec)
+                .map_or_else(
+                    || octopus_tls::ServerTls::load(spec, ctx.metrics.clone()),
+                    Ok,
+                )
+                .map_err(|e| CompileError(format!("inbound.tls: {e}")))?,
+        ),
+    };
+    Ok(Inbound {
+        tls,
+        cluster,
+        forward_to,
+        upgrades: inb.upgrades.clone(),
+        request_body_timeout: inb.request_body_timeout.get(),
+        protocol: inb.app_protocol,
+        metrics: ctx.metrics.target("inbound", INBOUND_ROUTE, LOCAL_APP),
+    })
 }

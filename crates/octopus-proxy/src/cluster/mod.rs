@@ -12,10 +12,10 @@ use crate::balance::{Balancer, Member, Membership};
 use crate::circuit_breaker::Circuit;
 use crate::descriptors::Group;
 use crate::endpoint::{ConnectionSpec, Endpoint, EndpointStats};
-use crate::error::CompileError;
+use crate::error::{CompileError, LOCAL_APP};
 use crate::outlier::Outlier;
 use crate::{stack, BoxService};
-use octopus_config::{ClusterConfig, HostPort};
+use octopus_config::{ClusterConfig, HostPort, InboundConfig};
 use octopus_metrics::Metrics;
 use octopus_tls::ClientTls;
 use std::collections::HashMap;
@@ -60,6 +60,9 @@ pub struct Cluster {
 }
 
 type Resolved = HashMap<HostPort, Vec<SocketAddr>>;
+
+/// Connecting to the local app; it is on loopback, so a second is plenty.
+const LOCAL_APP_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Drop for Cluster {
     fn drop(&mut self) {
@@ -268,6 +271,41 @@ impl Cluster {
             tasks,
             resolved: shared_resolved,
         }))
+    }
+
+    /// The local app as a one-endpoint cluster: `inbound.forward_to`, spoken to with
+    /// `app_protocol`, under the `inbound.circuit_breaker` limits, its connections
+    /// drawing from the inbound side's descriptors. `previous` is the local app of the
+    /// config being replaced: taken over whole while nothing it is built from changed.
+    pub async fn local_app(
+        inb: &InboundConfig,
+        previous: Option<&Arc<Cluster>>,
+        ctx: &BuildContext,
+    ) -> Result<Arc<Cluster>, CompileError> {
+        let spec = ClusterConfig {
+            lb: Default::default(),
+            protocol: inb.app_protocol,
+            endpoints: vec![octopus_config::EndpointConfig {
+                address: inb.forward_to.clone(),
+                weight: 1,
+            }],
+            connect_timeout: octopus_config::Duration(LOCAL_APP_CONNECT_TIMEOUT),
+            dns_refresh_interval: octopus_config::Duration(LOCAL_APP_CONNECT_TIMEOUT),
+            circuit_breaker: Some(inb.circuit_breaker.clone()),
+            outlier_detection: None,
+            health_check: None,
+            tls: None,
+            max_response_header_bytes: octopus_config::DEFAULT_MAX_HEADER_BYTES,
+            max_response_headers: octopus_config::DEFAULT_MAX_HEADERS,
+        };
+        if let Some(p) = previous.filter(|p| p.spec == spec) {
+            return Ok(p.clone());
+        }
+        let app_ctx = BuildContext {
+            descriptors: ctx.inbound_descriptors.clone(),
+            ..ctx.clone()
+        };
+        Cluster::build(LOCAL_APP, &spec, previous.map(|p| &**p), &app_ctx).await
     }
 
     /// Stops DNS refresh and health checks. Called when a reload replaced this cluster
