@@ -19,6 +19,7 @@ pub mod endpoint;
 pub mod error;
 pub mod handler;
 pub mod headers;
+pub mod in_flight;
 pub mod listener;
 pub mod mirror;
 pub mod outlier;

@@ -6,7 +6,8 @@
 //! handler        route lookup, trust rules (strip, then set), metrics, 499 on abort
 //!   route        rate limit -> mirror -> timeout -> retry -> split | the one cluster
 //!   cluster      circuit breaker -> balancer over the endpoint stacks
-//!   endpoint     outlier detection -> endpoint (in-flight, pooled client, connector)
+//!   endpoint     outlier detection -> in-flight accounting -> endpoint (pooled client,
+//!                connector)
 //! ```
 //!
 //! Each level is boxed once, at its boundary ([`BoxService`]): a route's stack, a
@@ -25,6 +26,7 @@
 use crate::balance::{Balancer, MakeEndpoint};
 use crate::circuit_breaker::{Circuit, CircuitBreakerLayer};
 use crate::endpoint::{Endpoint, EndpointService};
+use crate::in_flight::{InFlight, InFlightLayer};
 use crate::mirror::MirrorLayer;
 use crate::outlier::{Outlier, OutlierDetection, OutlierLayer};
 use crate::rate_limit::{Bucket, RateLimitLayer};
@@ -106,8 +108,9 @@ pub(crate) fn cluster<M: MakeEndpoint>(
 }
 
 /// One endpoint's stack, made per pick by the balancer: outlier detection (when the
-/// cluster has it) -> the endpoint's own service.
-pub(crate) type EndpointStack = Either<OutlierDetection<EndpointService>, EndpointService>;
+/// cluster has it) -> in-flight accounting -> the endpoint's own service.
+pub(crate) type EndpointStack =
+    Either<OutlierDetection<InFlight<EndpointService>>, InFlight<EndpointService>>;
 
 /// How a cluster's balancer makes each member's [`EndpointStack`].
 pub(crate) fn endpoint(
@@ -120,6 +123,7 @@ pub(crate) fn endpoint(
                     .as_ref()
                     .map(|o| OutlierLayer::new(o.clone(), ep.clone())),
             )
+            .layer(InFlightLayer::new(ep.clone()))
             .service(EndpointService::new(ep))
     }
 }

@@ -174,9 +174,21 @@ impl Endpoint {
 
     /// Holds one fake in-flight request until the guard is dropped.
     #[cfg(test)]
-    pub(crate) fn test_hold(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn test_hold(self: &Arc<Self>) -> InFlightGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlightGuard(self.clone())
+    }
+
+    /// Counts a request sent to this endpoint, in flight until the guard is dropped.
+    pub(crate) fn start_request(self: &Arc<Self>) -> InFlightGuard {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(self.clone())
+    }
+
+    /// Counts an upstream failure (see [`upstream_verdict`]) for `/clusters`.
+    pub(crate) fn count_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Who to tell when this endpoint's availability changes; replaces the previous
@@ -313,9 +325,15 @@ impl Endpoint {
 }
 
 /// Decrements the in-flight count however the request ends (success, error, drop).
-pub(crate) struct InFlight(Arc<Endpoint>);
+pub(crate) struct InFlightGuard(Arc<Endpoint>);
 
-impl Drop for InFlight {
+impl InFlightGuard {
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.0
+    }
+}
+
+impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -340,7 +358,9 @@ pub fn upstream_verdict<B>(
     }
 }
 
-/// The innermost service of the outbound stack: sends a request to one endpoint.
+/// The innermost service of the outbound stack: sends a request to one endpoint
+/// through its pooled client and types what went wrong. Accounting (`in_flight`) and
+/// outlier detection are layers around it (see `stack::endpoint`).
 #[derive(Clone)]
 pub struct EndpointService {
     pub endpoint: Arc<Endpoint>,
@@ -368,9 +388,6 @@ impl tower::Service<Request<Body>> for EndpointService {
             // Set by the client's body when it fails: then the exchange failed
             // because of the client, whatever the upstream client reports.
             let client_body = req.extensions().get::<ClientBodyWatch>().cloned();
-            ep.requests.fetch_add(1, Ordering::Relaxed);
-            ep.in_flight.fetch_add(1, Ordering::Relaxed);
-            let guard = InFlight(ep.clone());
             let result = ep.client.request(req).await;
             let client_fault = client_body.as_ref().and_then(ClientBodyWatch::fault);
             let result = match (result, client_fault) {
@@ -391,14 +408,8 @@ impl tower::Service<Request<Body>> for EndpointService {
                 }
                 (Ok(resp), _) => Ok(resp),
             };
-            // Only the upstream's own failures count against it: not our limits, not a
-            // client that went away (its body may fail after the response came).
-            if upstream_verdict(&result, client_body.as_ref()) == Some(false) {
-                ep.failures.fetch_add(1, Ordering::Relaxed);
-            }
             result.map(|resp| {
-                // The request stays in flight until its response body is done.
-                let mut resp = resp.map(|b| Body::new(body::Guarded::new(b, guard)));
+                let mut resp = resp.map(Body::new);
                 resp.extensions_mut().insert(ServedBy(ep.cluster.clone()));
                 resp
             })
