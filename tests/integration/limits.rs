@@ -464,3 +464,37 @@ async fn response_head_limits_are_set_per_cluster() {
         assert_eq!(r.headers["x-octopus-error"], "bad_response", "{host}");
     }
 }
+
+/// Behind retry (which keeps bodies for replay), a streamed body over the cap is still
+/// the client's 413: the error keeps its cause through the replay buffer, and it is
+/// never retried.
+#[tokio::test]
+async fn an_oversized_body_stays_413_behind_retry_and_replay() {
+    let up = Upstream::start("up").await;
+    let p = proxy(
+        "",
+        "      max_request_body_bytes: 1024\n      retry: { attempts: 3, retry_on: [reset, connect-failure, gateway-error], non_idempotent: true }\n",
+        &up,
+    )
+    .await;
+    let out = p.outbound_addr().unwrap();
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(out).await.unwrap());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let req = http::Request::post("/collect-body")
+        .header("host", "svc")
+        .body(ChannelBody(rx))
+        .unwrap();
+    tx.send(Bytes::from(vec![b'y'; 800])).await.unwrap();
+    tx.send(Bytes::from(vec![b'y'; 800])).await.unwrap();
+    drop(tx);
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(resp.headers()["x-octopus-error"], "body_too_large");
+    assert_eq!(
+        up.hits(),
+        0,
+        "the body never fit the replay buffer's limit: no try"
+    );
+}

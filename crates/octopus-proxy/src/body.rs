@@ -6,6 +6,7 @@
 //! concrete type also keeps every service signature short.
 
 use crate::admission::Admitted;
+use crate::cause::find_cause;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
@@ -218,24 +219,18 @@ impl<B> FromClient<B> {
 /// Malformed framing (hyper reports it as an invalid-input I/O error or a parse
 /// error) or, for anything else (EOF, reset, stream cancelled), an abort.
 fn classify(e: &(dyn std::error::Error + 'static)) -> ClientBodyFault {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            if h.is_parse() {
-                return ClientBodyFault::Malformed;
-            }
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
-            ) {
-                return ClientBodyFault::Malformed;
-            }
-        }
-        cur = err.source();
+    let parse = find_cause::<hyper::Error>(e).is_some_and(hyper::Error::is_parse);
+    let invalid = find_cause::<std::io::Error>(e).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+        )
+    });
+    if parse || invalid {
+        ClientBodyFault::Malformed
+    } else {
+        ClientBodyFault::Aborted
     }
-    ClientBodyFault::Aborted
 }
 
 impl<B> http_body::Body for FromClient<B>

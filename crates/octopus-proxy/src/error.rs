@@ -120,20 +120,7 @@ impl Fault {
     }
 }
 
-/// The first error of type `T` in `e`'s chain, `e` itself included: the one place
-/// that walks source chains.
-pub fn find_cause<'a, T: std::error::Error + 'static>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<T>() {
-            return Some(t);
-        }
-        cur = err.source();
-    }
-    None
-}
+pub use crate::cause::find_cause;
 
 /// Which cluster produced a response; set on every response that reached a cluster so
 /// metrics can label it without re-deciding the split.

@@ -8,6 +8,7 @@ mod admin;
 pub mod admission;
 pub mod balance;
 pub mod body;
+mod cause;
 pub mod circuit_breaker;
 pub mod cluster;
 pub mod descriptors;

@@ -1,4 +1,4 @@
-use super::Circuit;
+use super::{Circuit, RequestSlot};
 use crate::body::Body;
 use crate::error::ProxyError;
 use http::{Request, Response};
@@ -46,33 +46,65 @@ pub struct CircuitBreaker<S> {
 impl<S> Service<Request<Body>> for CircuitBreaker<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
-    S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let slot = match self.layer.limits.admit() {
-            Ok(slot) => slot,
+        match self.layer.limits.admit() {
+            Ok(slot) => ResponseFuture::Admitted {
+                inner: self.inner.call(req),
+                slot: Some(slot),
+            },
             Err(limit) => {
                 self.layer
                     .overflow
                     .with_label_values(&[&self.layer.cluster, limit])
                     .inc();
-                let cluster = self.layer.cluster.clone();
-                return Box::pin(async move { Err(ProxyError::CircuitOpen { cluster, limit }) });
+                ResponseFuture::Open {
+                    error: Some(ProxyError::CircuitOpen {
+                        cluster: self.layer.cluster.clone(),
+                        limit,
+                    }),
+                }
             }
-        };
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let resp = fut.await?;
-            // The slot is held until the response body is done.
-            Ok(resp.map(|b| Body::new(crate::body::Guarded::new(b, slot))))
-        })
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The admitted request's future holding its slot, or the refusal.
+    #[project = Projected]
+    pub enum ResponseFuture<F> {
+        Admitted { #[pin] inner: F, slot: Option<RequestSlot> },
+        Open { error: Option<ProxyError> },
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, ProxyError>>,
+{
+    type Output = Result<Response<Body>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Projected::Admitted { inner, slot } => {
+                let resp = std::task::ready!(inner.poll(cx))?;
+                // The slot is held until the response body is done.
+                Poll::Ready(Ok(match slot.take() {
+                    Some(s) => resp.map(|b| Body::new(crate::body::Guarded::new(b, s))),
+                    None => resp,
+                }))
+            }
+            Projected::Open { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or(ProxyError::Internal("circuit breaker future polled again")))),
+        }
     }
 }
