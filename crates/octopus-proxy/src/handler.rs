@@ -89,7 +89,8 @@ pub(crate) async fn handle(
     if req.method() == Method::CONNECT {
         return fail(ProxyError::ConnectUnsupported, early, start);
     }
-    let authority = match headers::authority(&req) {
+    let scan = headers::scan(req.headers());
+    let authority = match headers::authority(&req, &scan) {
         Ok(a) => a,
         Err(e) => return fail(e, early, start),
     };
@@ -117,7 +118,7 @@ pub(crate) async fn handle(
         start,
         recorded: false,
     };
-    let rules = (authority, limits.headers_with_underscores);
+    let rules = (authority, scan, limits.headers_with_underscores);
     let resp = match forward(dir, conn, &target, rules, admitted, req).await {
         Ok(resp) => {
             let cluster = resp.extensions().get::<ServedBy>().map(|s| s.0.clone());
@@ -172,7 +173,11 @@ async fn forward(
     dir: Direction,
     conn: &ConnInfo,
     target: &Target<'_>,
-    (authority, underscores): (Option<http::uri::Authority>, UnderscoreHeaders),
+    (authority, scan, underscores): (
+        Option<http::uri::Authority>,
+        headers::Scan,
+        UnderscoreHeaders,
+    ),
     admitted: crate::admission::Admitted,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
@@ -181,7 +186,7 @@ async fn forward(
             return Err(ProxyError::IdentityNotAllowed);
         }
     }
-    if headers::has_foreign_transfer_coding(req.headers()) {
+    if scan.transfer_encoding && headers::has_foreign_transfer_coding(req.headers()) {
         return Err(ProxyError::UnsupportedTransferCoding);
     }
     let (max_body, upgrades, body_timeout) = match target {
@@ -208,14 +213,22 @@ async fn forward(
     //    octopus' mirror marks a copy as shadow traffic, so the local app cannot make
     //    a real request look like one; inbound keeps the mark, so the copy a peer's
     //    mirror sent still reaches the shadow app marked.
-    let offer = headers::allowed_upgrade(&req, upgrades);
-    let downstream_upgrade = offer.is_some().then(|| hyper::upgrade::on(&mut req));
-    headers::strip_hop_by_hop(req.headers_mut(), offer.clone());
-    let keep = match dir {
-        Direction::Inbound => Some(crate::mirror::SHADOW_HEADER),
-        Direction::Outbound => None,
+    let offer = if scan.upgrade {
+        headers::allowed_upgrade(&req, upgrades)
+    } else {
+        None
     };
-    headers::strip_untrusted(req.headers_mut(), underscores, keep)?;
+    let downstream_upgrade = offer.is_some().then(|| hyper::upgrade::on(&mut req));
+    if scan.hop_by_hop {
+        headers::strip_hop_by_hop(req.headers_mut(), offer.clone());
+    }
+    if scan.suspect {
+        let keep = match dir {
+            Direction::Inbound => Some(crate::mirror::SHADOW_HEADER),
+            Direction::Outbound => None,
+        };
+        headers::strip_untrusted(req.headers_mut(), underscores, keep)?;
+    }
 
     // 2. Set: what octopus vouches for.
     if dir == Direction::Inbound {
@@ -229,11 +242,13 @@ async fn forward(
     }
     headers::append_forwarded_for(req.headers_mut(), &conn.forwarded_for);
     if let Some(a) = &authority {
-        // The upstream sees the authority octopus routed on, in `Host` too.
-        let same = req
-            .headers()
-            .get(header::HOST)
-            .is_some_and(|h| h.as_bytes() == a.as_str().as_bytes());
+        // The upstream sees the authority octopus routed on, in `Host` too. Without a
+        // URI authority, `Host` is where it came from: nothing to rewrite.
+        let same = req.uri().authority().is_none()
+            || scan
+                .host
+                .as_ref()
+                .is_some_and(|h| h.as_bytes() == a.as_str().as_bytes());
         if !same {
             let host = HeaderValue::from_str(a.as_str())
                 .map_err(|_| ProxyError::BadRequest("invalid request authority"))?;

@@ -31,6 +31,48 @@ pub fn is_reserved(name: &str) -> bool {
     name.starts_with(OWN_PREFIX) || name == FORWARDED_FOR || name == "host"
 }
 
+/// What one pass over a request's headers found: which rules have work to do, so
+/// the common request (one `Host`, nothing hop-by-hop, nothing suspect) costs no
+/// hashed look-up beyond routing's.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// The `Host` value, when there is exactly one.
+    pub host: Option<HeaderValue>,
+    pub hosts: usize,
+    /// `Connection`, `Upgrade`, `TE`, `Transfer-Encoding` or another hop-by-hop name.
+    pub hop_by_hop: bool,
+    pub transfer_encoding: bool,
+    pub upgrade: bool,
+    /// A name with `_`, or one in octopus' own `x-octopus-` namespace.
+    pub suspect: bool,
+}
+
+pub fn scan(headers: &HeaderMap) -> Scan {
+    let mut s = Scan::default();
+    for (name, value) in headers {
+        if name == header::HOST {
+            s.hosts += 1;
+            s.host = (s.hosts == 1).then(|| value.clone());
+        } else if name == header::TE || is_hop_by_hop(name) {
+            s.hop_by_hop = true;
+            s.transfer_encoding |= name == header::TRANSFER_ENCODING;
+            s.upgrade |= name == header::UPGRADE;
+        } else {
+            let n = name.as_str();
+            s.suspect |= n.contains('_') || n.starts_with(OWN_PREFIX);
+        }
+    }
+    if s.hosts > 1 {
+        s.host = None;
+    }
+    s
+}
+
+/// Whether a response names `Transfer-Encoding` (a scan of names, no hashing).
+pub fn has_transfer_encoding(headers: &HeaderMap) -> bool {
+    headers.keys().any(|n| n == header::TRANSFER_ENCODING)
+}
+
 /// Removes hop-by-hop headers, including those the `Connection` header names, except
 /// reserved ones (a `Connection: x-octopus-peer-identity` is ignored, not honoured).
 /// With `keep_upgrade` set to the offer that may pass, the `Connection: upgrade` /
@@ -220,13 +262,14 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, client: &ForwardedFor) {
 /// form, HTTP/2 `:authority`) wins over `Host` (RFC 9112 section 3.2.2, RFC 9113
 /// section 8.3.1). `None` when neither is present. A second `Host` line, userinfo, or
 /// a port that is not a number 0-65535 is a bad request, in either place.
-pub fn authority<B>(req: &Request<B>) -> Result<Option<http::uri::Authority>, ProxyError> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
+pub fn authority<B>(
+    req: &Request<B>,
+    scan: &Scan,
+) -> Result<Option<http::uri::Authority>, ProxyError> {
+    if scan.hosts > 1 {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
-    let host = match host {
+    let host = match &scan.host {
         Some(v) => {
             let a: http::uri::Authority = std::str::from_utf8(v.as_bytes())
                 .ok()
@@ -347,7 +390,7 @@ mod tests {
             .header("host", "Payments:8080")
             .body(())
             .unwrap();
-        let a = authority(&req).unwrap().unwrap();
+        let a = authority(&req, &scan(req.headers())).unwrap().unwrap();
         assert_eq!(route_host(&a), "Payments");
         let uri = upstream_uri(&a, req.uri()).unwrap();
         assert_eq!(uri.to_string(), "http://Payments:8080/x");
@@ -450,19 +493,20 @@ mod tests {
             }
             b.body(()).unwrap()
         };
-        let a = authority(&req("http://svc/x", &["evil.example"]))
+        let auth = |r: &Request<()>| authority(r, &scan(r.headers()));
+        let a = auth(&req("http://svc/x", &["evil.example"]))
             .unwrap()
             .unwrap();
         assert_eq!(a.as_str(), "svc");
-        assert!(authority(&req("/", &["svc", "evil"])).is_err());
+        assert!(auth(&req("/", &["svc", "evil"])).is_err());
         for bad in ["evil@svc", "svc:abc", "svc:99999", "svc:-1"] {
-            assert!(authority(&req("/", &[bad])).is_err(), "{bad}");
+            assert!(auth(&req("/", &[bad])).is_err(), "{bad}");
         }
-        assert!(authority(&req("http://evil@svc/", &[])).is_err());
+        assert!(auth(&req("http://evil@svc/", &[])).is_err());
         for good in ["svc", "svc:8080", "[::1]:80", "svc:"] {
-            assert!(authority(&req("/", &[good])).unwrap().is_some(), "{good}");
+            assert!(auth(&req("/", &[good])).unwrap().is_some(), "{good}");
         }
-        assert!(authority(&req("/", &[])).unwrap().is_none());
+        assert!(auth(&req("/", &[])).unwrap().is_none());
     }
 
     #[test]
