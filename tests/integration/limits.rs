@@ -121,19 +121,30 @@ async fn request_bodies_over_the_route_cap_get_413() {
     assert_eq!(client.send(post(512)).await.status, 200);
 
     // A chunked body with no declared length is cut off when it passes the cap.
+    let resp = post_chunked(out, "/delay/300", &[800, 800]).await;
+    assert_eq!(resp.status(), 413);
+}
+
+/// POSTs a body of chunks of these sizes with no declared length, on a connection of
+/// its own.
+async fn post_chunked(
+    out: std::net::SocketAddr,
+    path: &str,
+    chunks: &[usize],
+) -> http::Response<hyper::body::Incoming> {
     let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(out).await.unwrap());
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
     tokio::spawn(conn);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let req = http::Request::post("/delay/300")
+    let (tx, rx) = tokio::sync::mpsc::channel(chunks.len().max(1));
+    let req = http::Request::post(path)
         .header("host", "svc")
         .body(ChannelBody(rx))
         .unwrap();
-    tx.send(Bytes::from(vec![b'y'; 800])).await.unwrap();
-    tx.send(Bytes::from(vec![b'y'; 800])).await.unwrap();
+    for &n in chunks {
+        tx.send(Bytes::from(vec![b'y'; n])).await.unwrap();
+    }
     drop(tx);
-    let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 413);
+    sender.send_request(req).await.unwrap()
 }
 
 #[tokio::test]
@@ -477,19 +488,7 @@ async fn an_oversized_body_stays_413_behind_retry_and_replay() {
         &up,
     )
     .await;
-    let out = p.outbound_addr().unwrap();
-    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(out).await.unwrap());
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-    tokio::spawn(conn);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let req = http::Request::post("/collect-body")
-        .header("host", "svc")
-        .body(ChannelBody(rx))
-        .unwrap();
-    tx.send(Bytes::from(vec![b'y'; 800])).await.unwrap();
-    tx.send(Bytes::from(vec![b'y'; 800])).await.unwrap();
-    drop(tx);
-    let resp = sender.send_request(req).await.unwrap();
+    let resp = post_chunked(p.outbound_addr().unwrap(), "/collect-body", &[800, 800]).await;
     assert_eq!(resp.status(), 413);
     assert_eq!(resp.headers()["x-octopus-error"], "body_too_large");
     assert_eq!(
