@@ -158,8 +158,13 @@ struct Outcome<'a> {
 impl Drop for Outcome<'_> {
     fn drop(&mut self) {
         if !self.recorded {
-            self.metrics
-                .record(crate::error::CLIENT_CLOSED, self.start.elapsed());
+            let elapsed = self.start.elapsed();
+            tracing::debug!(
+                status = crate::error::CLIENT_CLOSED,
+                ?elapsed,
+                "client went away before its answer (client_aborted)"
+            );
+            self.metrics.record(crate::error::CLIENT_CLOSED, elapsed);
             self.metrics.error("client_aborted");
         }
     }
