@@ -68,11 +68,6 @@ pub fn scan(headers: &HeaderMap) -> Scan {
     s
 }
 
-/// Whether a response names `Transfer-Encoding` (a scan of names, no hashing).
-pub fn has_transfer_encoding(headers: &HeaderMap) -> bool {
-    headers.keys().any(|n| n == header::TRANSFER_ENCODING)
-}
-
 /// Removes hop-by-hop headers, including those the `Connection` header names, except
 /// reserved ones (a `Connection: x-octopus-peer-identity` is ignored, not honoured).
 /// With `keep_upgrade` set to the offer that may pass, the `Connection: upgrade` /
@@ -212,6 +207,10 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// removes the chunked framing and octopus re-frames the body, so any other coding
 /// would reach the next hop as bytes nothing marks (RFC 9112 section 6.1).
 pub fn has_foreign_transfer_coding(headers: &HeaderMap) -> bool {
+    // A scan of the names first: most messages have none, and it needs no hashing.
+    if !headers.keys().any(|n| n == header::TRANSFER_ENCODING) {
+        return false;
+    }
     headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
@@ -237,7 +236,7 @@ impl ForwardedFor {
 
 /// Appends the client address to `x-forwarded-for`, keeping earlier hops.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: &ForwardedFor) {
-    let xff = HeaderName::from_static("x-forwarded-for");
+    let xff = HeaderName::from_static(FORWARDED_FOR);
     let mut earlier = headers.get_all(&xff).iter().peekable();
     if earlier.peek().is_none() {
         // The common case: the first hop; the value is shared, not copied.

@@ -399,10 +399,7 @@ impl tower::Service<Request<Body>> for EndpointService {
                     });
                 }
                 (Err(e), None) => Err(ep.classify(e)),
-                (Ok(resp), _)
-                    if headers::has_transfer_encoding(resp.headers())
-                        && headers::has_foreign_transfer_coding(resp.headers()) =>
-                {
+                (Ok(resp), _) if headers::has_foreign_transfer_coding(resp.headers()) => {
                     tracing::warn!(cluster = %ep.cluster, endpoint = %ep.addr, "refused an upstream response with a transfer coding other than chunked");
                     Err(ProxyError::BadResponse {
                         cluster: ep.cluster.clone(),
