@@ -121,7 +121,7 @@ pub(crate) async fn handle(
     let rules = (authority, scan, limits.headers_with_underscores);
     let resp = match forward(dir, conn, &target, rules, admitted, req).await {
         Ok(resp) => {
-            let cluster = resp.extensions().get::<ServedBy>().map(|s| s.0.clone());
+            let cluster = cluster_of(&resp);
             target
                 .metrics(cluster.as_deref())
                 .record(resp.status().as_u16(), start.elapsed());
@@ -282,18 +282,18 @@ async fn forward(
     };
     let mut resp = service.oneshot(req).await?;
     if headers::is_upgrade_response(&resp) {
+        let refuse = |reason| ProxyError::BadResponse {
+            cluster: cluster_of(&resp).unwrap_or_else(|| NONE_LABEL.into()),
+            reason,
+        };
         let (Some(down), Some(offered)) = (downstream_upgrade, offer.as_ref()) else {
             // A 101 the client did not ask for (or octopus removed) cannot be relayed.
-            return Err(ProxyError::BadResponse {
-                cluster: cluster_of(&resp).unwrap_or_else(|| NONE_LABEL.into()),
-                reason: "switched protocols without an allowed upgrade request",
-            });
+            return Err(refuse(
+                "switched protocols without an allowed upgrade request",
+            ));
         };
         if !headers::upgrade_matches(&resp, offered) {
-            return Err(ProxyError::BadResponse {
-                cluster: cluster_of(&resp).unwrap_or_else(|| NONE_LABEL.into()),
-                reason: "switched to a protocol the client did not offer",
-            });
+            return Err(refuse("switched to a protocol the client did not offer"));
         }
         let chosen = resp.headers().get(header::UPGRADE).cloned();
         let up = hyper::upgrade::on(&mut resp);
