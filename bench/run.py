@@ -3,8 +3,8 @@
 same upstream, same pinning (servers on core 0, load generator on core 1), scenarios
 interleaved A B C D A B C D ... so machine drift hits all alike.
 
-Writes docs/benchmarks.md and docs/benchmarks.png. Run with `make bench`.
-Only 127.0.0.1 is ever contacted; every process started here is stopped by pid.
+Writes benchmarks.md and benchmarks.png into $BENCH_OUT (default docs/). Run with
+`make bench`. Only 127.0.0.1 is ever contacted; every process started here is stopped by pid.
 """
 import os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -14,6 +14,8 @@ REL = os.path.join(ROOT, "target", "release")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECS = int(os.environ.get("BENCH_SECONDS", "5"))
 S3_SECS = int(os.environ.get("BENCH_FIXED_RATE_SECONDS", "30"))
+# Where the markdown and the chart go; another directory keeps a trial run off docs/.
+OUT = os.path.abspath(os.environ.get("BENCH_OUT") or os.path.join(ROOT, "docs"))
 SERVER_CPU, LOAD_CPU = "0", "1"
 
 TARGETS = {  # name -> (HTTP/1.1 URL, h2c URL)
@@ -79,10 +81,64 @@ def status_kib(pid, field):
     return 0
 
 
-def cpu_secs(pid):
+def proc_roles(pid):
+    """A proxy's processes with their roles: the started process is the master when it has
+    children (nginx; HAProxy only with -W), else the single process; its children are workers."""
+    pids = tree_pids(pid)
+    if len(pids) == 1:
+        return [(pid, "single process")]
+    return [(pid, "master")] + [(p, "worker") for p in pids[1:]]
+
+
+def cmdline(pid):
+    """What the process calls itself (nginx rewrites it to "nginx: worker process")."""
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            return f.read().replace("\0", " ").strip()
+    except FileNotFoundError:
+        return "?"
+
+
+def reset_hwm(pid):
+    """Set VmHWM back to the current RSS (clear_refs 5, Linux >= 4.0), so the next VmHWM read
+    is the peak of what follows rather than of every scenario before it."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def cpu_times(pid):
+    """(user, kernel) CPU seconds of a process, all threads: fields 14 and 15 (utime, stime) of
+    /proc/PID/stat, counted after the parenthesised name since the name may hold spaces."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def proxy_cpu(pid):
+    """(user, kernel) CPU seconds summed over every process of a proxy (nginx: master + worker)."""
+    times = [cpu_times(p) for p in tree_pids(pid)]
+    return sum(u for u, _ in times), sum(k for _, k in times)
+
+
+def with_cpu(pid, load):
+    """Runs load() (a wrk run) and charges the proxy's CPU over it to the requests wrk counted:
+    requests per proxy CPU-second, user and kernel µs per request. No pid (direct): nothing to charge."""
+    if pid is None:
+        return load()
+    u0, k0 = proxy_cpu(pid)
+    res = load()
+    u1, k1 = proxy_cpu(pid)
+    du, dk, n = u1 - u0, k1 - k0, res["requests"]
+    nan = float("nan")
+    res["req_per_cpu_s"] = n / (du + dk) if du + dk > 0 else nan
+    res["user_us"] = du / n * 1e6 if n else nan
+    res["kernel_us"] = dk / n * 1e6 if n else nan
+    return res
 
 
 def wrk(url, path="/", conns=32):
@@ -94,10 +150,12 @@ def wrk(url, path="/", conns=32):
             return float("nan")
         return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    done = re.search(r"(\d+) requests in", out)
     tr = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", out)
     mbs = float(tr.group(1)) * {"B": 1e-6, "KB": 1e-3, "MB": 1.0, "GB": 1e3}[tr.group(2)] if tr else 0.0
     errors = "Non-2xx" in out or "Socket errors" in out
-    return {"rps": rps, "p50": lat(50), "p99": lat(99), "mbs": mbs, "errors": errors}
+    return {"rps": rps, "p50": lat(50), "p99": lat(99), "mbs": mbs, "errors": errors,
+            "requests": int(done.group(1)) if done else 0}
 
 
 def h2load(url):
@@ -156,6 +214,35 @@ def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def scenario4(pid, url, conns=1000):
+    """Scenario 4 for one proxy: CONNS keep-alive connections that have each been answered once
+    and then sit idle, and a load run on top. Per process: VmRSS before the connections and with
+    them open, VmHWM over the process' lifetime (what the summed figure always was) and over this
+    scenario alone (VmHWM reset just before it)."""
+    procs = proc_roles(pid)
+    lifetime = {p: status_kib(p, "VmHWM") for p, _ in procs}
+    fresh = {p: reset_hwm(p) for p, _ in procs}
+    before = {p: status_kib(p, "VmRSS") for p, _ in procs}
+    port = int(url.rsplit(":", 1)[1])
+    socks = []
+    for _ in range(conns):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        socks.append(s)
+    time.sleep(0.5)
+    for s in socks:
+        s.recv(65536)
+    time.sleep(0.5)  # the last answers are out; give the proxy a moment to park the connections
+    held = {p: status_kib(p, "VmRSS") for p, _ in procs}
+    wrk(url)
+    peak = {p: status_kib(p, "VmHWM") for p, _ in procs}
+    for s in socks:
+        s.close()
+    return [{"pid": p, "role": role, "cmd": cmdline(p), "rss_before": before[p], "rss_idle_conns": held[p],
+             "hwm": max(lifetime[p], peak[p]), "hwm_s4": peak[p] if fresh[p] else float("nan"), "conns": conns}
+            for p, role in procs]
+
+
 def main():
     for tool in ["wrk", "h2load", "nginx", "haproxy", "taskset", "oha", "openssl"]:
         if not shutil.which(tool):
@@ -184,21 +271,23 @@ def main():
         time.sleep(0.5)
         idle = {n: sum(status_kib(p, "VmRSS") for p in tree_pids(procs[n].pid)) for n in procs}
 
-        results = {s: {t: [] for t in TARGETS} for s in ("h1", "h2", "big", "rate")}
+        results = {s: {t: [] for t in TARGETS} for s in ("h1", "h2", "big", "rate", "c1")}
         results["mtls"] = {t: [] for t in mtls}
         layers = {"bare": [], "all layers": []}
         for r in range(ROUNDS):
             for t, (h1, h2) in TARGETS.items():
                 print(f"round {r + 1}/{ROUNDS} {t}", file=sys.stderr)
-                results["h1"][t].append(wrk(h1))
-                results["h2"][t].append(h2load(h2))
                 pid = procs[t].pid if t in procs else None
-                before = sum(cpu_secs(p) for p in tree_pids(pid)) if pid else 0
+                results["h1"][t].append(with_cpu(pid, lambda: wrk(h1)))
+                results["h2"][t].append(h2load(h2))
+                before = sum(proxy_cpu(pid)) if pid else 0
                 big = wrk(h1, "/bytes/102400", conns=8)
-                after = sum(cpu_secs(p) for p in tree_pids(pid)) if pid else 0
+                after = sum(proxy_cpu(pid)) if pid else 0
                 gb = big["mbs"] * SECS / 1000
                 big["cpu_per_gb"] = (after - before) / gb if pid and gb else float("nan")
                 results["big"][t].append(big)
+                # One connection, one request at a time: the proxy's own hop, not its queueing.
+                results["c1"][t].append(wrk(h1, conns=1))
             for t, url in mtls_urls.items():
                 print(f"round {r + 1}/{ROUNDS} {t} mTLS hop", file=sys.stderr)
                 results["mtls"][t].append(wrk(url))
@@ -209,21 +298,10 @@ def main():
             layers["all layers"].append(wrk("http://127.0.0.1:25002")["rps"])
 
         # Scenario 4: 1000 idle keep-alive connections held open during a load run.
-        conns_rss = {}
+        s4 = {}
         for t in procs:
-            port = int(TARGETS[t][0].rsplit(":", 1)[1])
-            socks = []
-            for _ in range(1000):
-                s = socket.create_connection(("127.0.0.1", port))
-                s.sendall(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
-                socks.append(s)
-            time.sleep(0.5)
-            for s in socks:
-                s.recv(65536)
-            wrk(TARGETS[t][0])
-            conns_rss[t] = sum(status_kib(p, "VmHWM") for p in tree_pids(procs[t].pid))
-            for s in socks:
-                s.close()
+            print(f"scenario 4 {t}", file=sys.stderr)
+            s4[t] = scenario4(procs[t].pid, TARGETS[t][0])
         versions = {
             "nginx": sh(["nginx", "-v"]).stderr.strip(),
             "haproxy": sh(["haproxy", "-v"]).stdout.splitlines()[0],
@@ -238,21 +316,74 @@ def main():
         shutil.rmtree(run, ignore_errors=True)
         for path in LOGS.values():
             os.unlink(path)
-    report(results, layers, idle, conns_rss, versions)
+    report(results, layers, idle, s4, versions)
 
 
-def report(results, layers, idle, conns_rss, versions):
+def added(results, s, t, k):
+    """The target's value minus the direct connection's in the same round, median over rounds."""
+    return median([x[k] - d[k] for x, d in zip(results[s][t], results[s]["direct"])])
+
+
+def workers_kib(rows, k):
+    """K summed over the processes that serve connections: the workers, or the single process."""
+    return sum(r[k] for r in rows if r["role"] != "master")
+
+
+def per_conn_bytes(rows):
+    return sum(r["rss_idle_conns"] - r["rss_before"] for r in rows) * 1024 / rows[0]["conns"]
+
+
+def fmt(x, spec):
+    return "-" if x != x else format(x, spec)
+
+
+def summary(results, s4):
+    """Octopus against nginx and against the better of nginx and HAProxy, one row per headline
+    metric. Better means higher for rates and lower for costs; the ratio is octopus / the other
+    either way, so read it against the 'better' column."""
+    med = lambda s, t, k: median([x[k] for x in results[s][t]])
+    rows = [("S1 req/s (HTTP/1.1, 32 conns)", "higher", lambda t: med("h1", t, "rps")),
+            ("S1 requests per proxy CPU-second", "higher", lambda t: med("h1", t, "req_per_cpu_s")),
+            ("S1 user µs per request", "lower", lambda t: med("h1", t, "user_us")),
+            ("added p50 µs at concurrency 1 (S8)", "lower", lambda t: added(results, "c1", t, "p50") * 1000),
+            ("S4 peak RSS KiB, worker process, lifetime", "lower", lambda t: workers_kib(s4[t], "hwm")),
+            ("S4 peak RSS KiB, worker process, during S4 only", "lower", lambda t: workers_kib(s4[t], "hwm_s4")),
+            ("S2 h2c req/s", "higher", lambda t: med("h2", t, "rps"))]
+    ratio = lambda a, b: f"{a / b:.2f}" if a == a and b == b and b > 0 else "-"
+    lines = ["## Summary: octopus against the others", "",
+             "Ratio = octopus' value / the other's; whether above 1 is good depends on the 'better' column.", "",
+             "| metric | better | octopus | nginx | haproxy | octopus / nginx | octopus / best of nginx, haproxy |",
+             "|---|---|---|---|---|---|---|"]
+    for name, better, get in rows:
+        v = {t: get(t) for t in ("octopus", "nginx", "haproxy")}
+        pick = max if better == "higher" else min
+        best = pick(("nginx", "haproxy"), key=lambda t: v[t] if v[t] == v[t] else (float("-inf") if better == "higher" else float("inf")))
+        spec = ",.1f" if abs(v["octopus"]) < 100 else ",.0f"
+        lines.append(f"| {name} | {better} | {fmt(v['octopus'], spec)} | {fmt(v['nginx'], spec)} | {fmt(v['haproxy'], spec)} | "
+                     f"{ratio(v['octopus'], v['nginx'])} | {ratio(v['octopus'], v[best])} ({best}) |")
+    return lines + [""]
+
+
+def report(results, layers, idle, s4, versions):
     med = lambda s, t, k: median([x[k] for x in results[s][t]])
     o1, o2 = med("h1", "octopus", "rps"), med("h2", "octopus", "rps")
+    conns_rss = {t: sum(r["hwm"] for r in rows) for t, rows in s4.items()}
     lines = ["# Benchmarks", "",
              "Generated by `make bench` (bench/run.py). Every server (upstream, octopus, nginx, HAProxy) is pinned to core 0,",
              "the load generator to core 1; each proxy has one worker and talks to the same upstream (octopus' demo upstream,",
-             f"hyper). {ROUNDS} interleaved rounds of {SECS} s; medians. Ratio = the target's value / octopus'.", "",
-             "## Scenario 1: HTTP/1.1 keep-alive, 32 connections, tiny response (`wrk -t1 -c32`)", "",
-             "| target | req/s | ratio to octopus | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+             f"hyper). {ROUNDS} interleaved rounds of {SECS} s; medians. Ratio = the target's value / octopus'.", ""]
+    lines += summary(results, s4)
+    lines += ["## Scenario 1: HTTP/1.1 keep-alive, 32 connections, tiny response (`wrk -t1 -c32`)", "",
+              "| target | req/s | ratio to octopus | p50 ms | p99 ms |", "|---|---|---|---|---|"]
     for t in TARGETS:
         r = med("h1", t, "rps")
         lines.append(f"| {t} | {r:,.0f} | {r / o1:.2f} | {med('h1', t, 'p50'):.2f} | {med('h1', t, 'p99'):.2f} |")
+    lines += ["", "Proxy CPU over the same runs: utime and stime (/proc/PID/stat) of every process of the proxy",
+              "(nginx: master + worker), read before and after each run, against the requests wrk completed.", "",
+              "| proxy | requests per proxy CPU-second | user µs per request | kernel µs per request |", "|---|---|---|---|"]
+    for t in s4:
+        lines.append(f"| {t} | {fmt(med('h1', t, 'req_per_cpu_s'), ',.0f')} | {fmt(med('h1', t, 'user_us'), '.1f')} | "
+                     f"{fmt(med('h1', t, 'kernel_us'), '.1f')} |")
     lines += ["", "## Scenario 2: HTTP/2 (h2c prior knowledge), 32 connections x 10 streams (`h2load -c32 -m10`)", "",
               "| target | req/s | ratio to octopus | failed requests (all rounds) |", "|---|---|---|---|"]
     for t in TARGETS:
@@ -264,16 +395,27 @@ def report(results, layers, idle, conns_rss, versions):
               "| target | p50 ms | p99 ms | max ms | added p50 ms | added p99 ms | non-200 (all rounds) |", "|---|---|---|---|---|---|---|"]
     for t in TARGETS:
         rows = results["rate"][t]
-        added = lambda k: median([x[k] - d[k] for x, d in zip(rows, results["rate"]["direct"])])
         bad = sum(x["total"] - x["ok"] for x in rows)
-        a50, a99 = ("-", "-") if t == "direct" else (f"{added('p50'):+.3f}", f"{added('p99'):+.3f}")
+        a50, a99 = ("-", "-") if t == "direct" else (f"{added(results, 'rate', t, 'p50'):+.3f}", f"{added(results, 'rate', t, 'p99'):+.3f}")
         lines.append(f"| {t} | {med('rate', t, 'p50'):.3f} | {med('rate', t, 'p99'):.3f} | {med('rate', t, 'max'):.2f} | "
                      f"{a50} | {a99} | {bad} |")
     lines += ["", "## Scenario 4: memory", "",
-              "| proxy | idle RSS after start (KiB) | peak RSS with 1000 idle keep-alive connections + load (KiB) |", "|---|---|---|"]
+              "| proxy | idle RSS after start (KiB) | peak RSS with 1000 idle keep-alive connections + load (KiB) | bytes per idle client connection |",
+              "|---|---|---|---|"]
     for t in idle:
-        lines.append(f"| {t} | {idle[t]:,} | {conns_rss.get(t, 0):,} |")
-    lines += ["", "nginx and HAProxy figures add up the master and worker processes.", "",
+        lines.append(f"| {t} | {idle[t]:,} | {conns_rss.get(t, 0):,} | {per_conn_bytes(s4[t]):,.0f} |" if t in s4 else f"| {t} | {idle[t]:,} | - | - |")
+    lines += ["", "This table adds up every process of a proxy (nginx: master and worker). Peak RSS is VmHWM, the process' peak",
+              "over the whole benchmark; bytes per idle connection = (VmRSS with the 1000 answered, idle connections open",
+              "- VmRSS just before opening them) / 1000. It counts only pages newly touched: memory an allocator kept from",
+              "earlier scenarios and reuses does not show.", "",
+              "| proxy | process | role | VmRSS before the connections (KiB) | VmRSS with 1000 idle connections (KiB) | bytes per idle connection | VmHWM, lifetime (KiB) | VmHWM during scenario 4 only (KiB) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for t, rows in s4.items():
+        for r in rows:
+            lines.append(f"| {t} | `{r['cmd'][:48]}` | {r['role']} | {r['rss_before']:,} | {r['rss_idle_conns']:,} | "
+                         f"{(r['rss_idle_conns'] - r['rss_before']) * 1024 / r['conns']:,.0f} | {r['hwm']:,} | {fmt(r['hwm_s4'], ',.0f')} |")
+    lines += ["", "VmHWM during scenario 4 only: the peak was reset to the current RSS (`echo 5 > /proc/PID/clear_refs`) just",
+              "before the connections were opened.", "",
               "## Scenario 5: 100 KiB responses, 8 connections", "",
               "| target | MB/s | proxy CPU seconds per GB |", "|---|---|---|"]
     for t in TARGETS:
@@ -292,15 +434,23 @@ def report(results, layers, idle, conns_rss, versions):
               "| octopus config | req/s per round | median |", "|---|---|---|",
               f"| bare route | {' / '.join(f'{x:,.0f}' for x in layers['bare'])} | {b:,.0f} |",
               f"| all layers (retry + per-try timeout, route timeout, least-connections, circuit breaker, outlier detection, health checks) | {' / '.join(f'{x:,.0f}' for x in layers['all layers'])} | {a:,.0f} ({(a / b - 1) * 100:+.1f}%) |",
-              "", "## Versions", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [
+              "", "## Scenario 8: latency at concurrency 1, HTTP/1.1 keep-alive (`wrk -t1 -c1`)", "",
+              "One connection, one request at a time, so the latency is the hop itself, not queueing behind other requests.",
+              "Added = the target's percentile minus the direct connection's, same round, then the median over rounds.", "",
+              "| target | p50 µs | p99 µs | added p50 µs | added p99 µs |", "|---|---|---|---|---|"]
+    for t in TARGETS:
+        a50, a99 = ("-", "-") if t == "direct" else (f"{added(results, 'c1', t, 'p50') * 1000:+.0f}", f"{added(results, 'c1', t, 'p99') * 1000:+.0f}")
+        lines.append(f"| {t} | {med('c1', t, 'p50') * 1000:.0f} | {med('c1', t, 'p99') * 1000:.0f} | {a50} | {a99} |")
+    lines += ["", "## Versions", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [
               "", "Configs: bench/octopus.yaml, bench/octopus-layers.yaml, bench/octopus-mtls.yaml, bench/nginx.conf, bench/nginx-mtls.conf, bench/haproxy.cfg.", "",
               "![requests per second](benchmarks.png)", ""]
-    errs = [f"{t} ({s})" for s in ("h1", "big", "mtls") for t in results[s] if any(x["errors"] for x in results[s][t])]
+    errs = [f"{t} ({s})" for s in ("h1", "big", "mtls", "c1") for t in results[s] if any(x["errors"] for x in results[s][t])]
     if errs:
         lines.append(f"Warning: non-2xx responses or socket errors were seen for: {', '.join(sorted(set(errs)))}.")
     text = "\n".join(lines) + "\n"
     # Hand-written analysis below the marker survives a re-run.
-    path = os.path.join(ROOT, "docs", "benchmarks.md")
+    os.makedirs(OUT, exist_ok=True)
+    path = os.path.join(OUT, "benchmarks.md")
     marker = "<!-- analysis: kept across runs -->"
     try:
         old = open(path).read()
@@ -321,7 +471,7 @@ def report(results, layers, idle, conns_rss, versions):
             ax.set_title(title)
             ax.set_ylabel("requests/s (median)")
         fig.tight_layout()
-        fig.savefig(os.path.join(ROOT, "docs", "benchmarks.png"), dpi=100)
+        fig.savefig(os.path.join(OUT, "benchmarks.png"), dpi=100)
     except ImportError:
         print("matplotlib missing: no chart written", file=sys.stderr)
 

@@ -300,6 +300,36 @@ pub struct ClusterConfig {
     /// Most response header fields accepted from an endpoint (HTTP/1.1).
     #[serde(default = "defaults::max_headers")]
     pub max_response_headers: u32,
+    /// How each endpoint's upstream connections are kept for reuse.
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+/// Each endpoint's connection pool: how many idle keep-alive connections it keeps,
+/// for how long, and how many requests share one HTTP/2 connection.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Most idle connections kept per endpoint (HTTP/1.1); 0 closes each connection
+    /// after its request. Like nginx's `keepalive`.
+    #[serde(default = "defaults::max_idle_per_endpoint")]
+    pub max_idle_per_endpoint: u32,
+    /// An idle connection is closed after this long.
+    #[serde(default = "defaults::pool_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// Most requests in flight on one HTTP/2 connection before another is opened.
+    #[serde(default = "defaults::max_streams_per_connection")]
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_idle_per_endpoint: defaults::max_idle_per_endpoint(),
+            idle_timeout: defaults::pool_idle_timeout(),
+            max_streams_per_connection: defaults::max_streams_per_connection(),
+        }
+    }
 }
 
 /// `10.0.0.11:8080` or `{ address: 10.0.0.12:8080, weight: 3 }`.
@@ -465,6 +495,17 @@ mod defaults {
         Duration::from_millis(300_000)
     }
     pub fn max_concurrent_streams() -> u32 {
+        100
+    }
+    pub fn max_idle_per_endpoint() -> u32 {
+        32
+    }
+    /// Shorter than most upstreams' own keep-alive timeouts (nginx 75 s, Envoy 1 h),
+    /// so octopus usually closes an idle connection before the upstream does.
+    pub fn pool_idle_timeout() -> Duration {
+        Duration::from_millis(30_000)
+    }
+    pub fn max_streams_per_connection() -> u32 {
         100
     }
     pub fn max_requests() -> u32 {

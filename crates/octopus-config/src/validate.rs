@@ -425,6 +425,15 @@ impl Checker {
         if let Some(cb) = &c.circuit_breaker {
             self.limits(&format!("{p}.circuit_breaker"), cb);
         }
+        if c.pool.idle_timeout.get() < std::time::Duration::from_millis(10) {
+            self.err(format!("{p}.pool.idle_timeout"), "must be at least 10ms");
+        }
+        if c.pool.max_streams_per_connection == 0 {
+            self.err(
+                format!("{p}.pool.max_streams_per_connection"),
+                "must be at least 1",
+            );
+        }
         if let Some(od) = &c.outlier_detection {
             let op = format!("{p}.outlier_detection");
             if od.consecutive_failures == 0 {

@@ -1,5 +1,6 @@
-//! The per-endpoint gauges (`octopus_endpoint_{healthy,in_flight,weight,ejected}`),
-//! read from live cluster state when Prometheus scrapes: a custom collector, so
+//! The per-endpoint gauges (`octopus_endpoint_{healthy,in_flight,weight,ejected}`)
+//! and the per-cluster `octopus_upstream_connections{cluster,state}`, read from live
+//! cluster state when Prometheus scrapes: a custom collector, so
 //! nothing is reset and refilled, no series of a departed endpoint lingers, and two
 //! concurrent scrapes need no lock between them.
 
@@ -18,6 +19,9 @@ pub struct EndpointSample {
     pub in_flight: usize,
     pub weight: u32,
     pub ejected: bool,
+    /// Open upstream connections, and how many of them carry no request.
+    pub connections_open: usize,
+    pub connections_idle: usize,
 }
 
 /// Whatever holds the endpoints (the proxy): asked for a sample of each at scrape.
@@ -59,10 +63,22 @@ fn families() -> [IntGaugeVec; 4] {
     })
 }
 
+fn connections() -> IntGaugeVec {
+    IntGaugeVec::new(
+        Opts::new(
+            "octopus_upstream_connections",
+            "Open upstream connections by cluster and state: active (carrying requests) or idle (kept for reuse).",
+        ),
+        &["cluster", "state"],
+    )
+    .expect("static metric definition")
+}
+
 impl EndpointCollector {
     pub(crate) fn new() -> Self {
         let descs = families()
             .iter()
+            .chain(std::iter::once(&connections()))
             .flat_map(|f| f.desc().into_iter().cloned())
             .collect();
         EndpointCollector {
@@ -88,14 +104,22 @@ impl Collector for EndpointCollector {
         }
         // Fresh families per scrape: what they hold is exactly the endpoints now.
         let [healthy, in_flight, weight, ejected] = families();
+        let conns = connections();
         for s in &samples {
             let labels = [&*s.cluster, s.endpoint.as_str()];
             healthy.with_label_values(&labels).set(i64::from(s.healthy));
             in_flight.with_label_values(&labels).set(s.in_flight as i64);
             weight.with_label_values(&labels).set(i64::from(s.weight));
             ejected.with_label_values(&labels).set(i64::from(s.ejected));
+            let idle = s.connections_idle.min(s.connections_open);
+            conns
+                .with_label_values(&[&*s.cluster, "active"])
+                .add((s.connections_open - idle) as i64);
+            conns
+                .with_label_values(&[&*s.cluster, "idle"])
+                .add(idle as i64);
         }
-        [healthy, in_flight, weight, ejected]
+        [healthy, in_flight, weight, ejected, conns]
             .iter()
             .flat_map(|f| f.collect())
             .collect()

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub upstream_retries_total: IntCounterVec,
     pub retry_budget_exhausted_total: IntCounterVec,
     pub circuit_overflow_total: IntCounterVec,
+    pub upstream_connections_opened_total: IntCounterVec,
+    pub upstream_connections_closed_total: IntCounterVec,
+    pub upstream_connections_failed_total: IntCounterVec,
     pub tls_handshakes_total: IntCounterVec,
     pub tls_cert_expiry: IntGaugeVec,
     /// Per-endpoint gauges, read from live cluster state when scraped.
@@ -112,6 +115,21 @@ impl Metrics {
                     "Generation of the config now serving; 1 at start, +1 per successful reload.",
                 )
                 .expect("static metric definition"),
+            ),
+            upstream_connections_opened_total: f.counters(
+                "octopus_upstream_connections_opened_total",
+                "Upstream connections opened (TCP, TLS and HTTP handshake done), by cluster.",
+                &["cluster"],
+            ),
+            upstream_connections_closed_total: f.counters(
+                "octopus_upstream_connections_closed_total",
+                "Upstream connections closed, by either side, by cluster.",
+                &["cluster"],
+            ),
+            upstream_connections_failed_total: f.counters(
+                "octopus_upstream_connections_failed_total",
+                "Upstream connections that could not be opened (refused, timed out, TLS or HTTP/2 handshake failed), by cluster.",
+                &["cluster"],
             ),
             connections_total: f.counters(
                 "octopus_connections_total",

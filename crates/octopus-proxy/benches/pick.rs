@@ -19,6 +19,7 @@ fn set(n: usize) -> MemberSet {
                 None,
                 None,
                 None,
+                None,
             ),
             weight: 1 + (i % 4) as u32,
         })

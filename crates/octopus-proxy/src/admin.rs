@@ -55,6 +55,7 @@ impl octopus_metrics::EndpointSource for Shared {
         for cluster in snap.clusters.values().chain(inbound) {
             for member in cluster.members() {
                 let ep = &member.endpoint;
+                let conns = ep.connections();
                 out.push(octopus_metrics::EndpointSample {
                     cluster: cluster.name.clone(),
                     endpoint: ep.addr().to_string(),
@@ -62,6 +63,8 @@ impl octopus_metrics::EndpointSource for Shared {
                     in_flight: ep.in_flight(),
                     weight: member.weight,
                     ejected: ep.is_ejected(),
+                    connections_open: conns.open,
+                    connections_idle: conns.idle,
                 });
             }
         }

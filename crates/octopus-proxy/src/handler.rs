@@ -259,11 +259,6 @@ async fn forward(
                 .map_err(|_| ProxyError::BadRequest("invalid request authority"))?;
             req.headers_mut().insert(header::HOST, host);
         }
-        if req.uri().authority().is_none() {
-            if let Some(uri) = headers::upstream_uri(a, req.uri()) {
-                *req.uri_mut() = uri;
-            }
-        }
     }
 
     // The body as octopus forwards it: errors are the client's, with a size limit and

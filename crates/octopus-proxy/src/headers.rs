@@ -5,7 +5,7 @@
 
 use crate::error::ProxyError;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use octopus_config::UnderscoreHeaders;
 use std::net::IpAddr;
 
@@ -320,18 +320,6 @@ pub fn route_host(authority: &http::uri::Authority) -> &str {
         .trim_end_matches(']')
 }
 
-/// `http://<authority><path?query>`: the form the upstream client needs; the chosen
-/// endpoint's address is dialled regardless of this authority.
-pub fn upstream_uri(authority: &http::uri::Authority, original: &Uri) -> Option<Uri> {
-    let pq = original.path_and_query().map_or("/", |p| p.as_str());
-    Uri::builder()
-        .scheme("http")
-        .authority(authority.clone())
-        .path_and_query(pq)
-        .build()
-        .ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,8 +379,6 @@ mod tests {
             .unwrap();
         let a = authority(&req, &scan(req.headers())).unwrap().unwrap();
         assert_eq!(route_host(&a), "Payments");
-        let uri = upstream_uri(&a, req.uri()).unwrap();
-        assert_eq!(uri.to_string(), "http://Payments:8080/x");
         let v6: http::uri::Authority = "[::1]:80".parse().unwrap();
         assert_eq!(route_host(&v6), "::1");
     }

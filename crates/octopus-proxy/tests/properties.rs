@@ -23,6 +23,7 @@ fn members(weights: &[u32]) -> Vec<Member> {
                 None,
                 None,
                 None,
+                None,
             ),
             weight,
         })

@@ -305,6 +305,7 @@ pub(crate) mod testing {
                     None,
                     None,
                     None,
+                    None,
                 ),
                 weight,
             })

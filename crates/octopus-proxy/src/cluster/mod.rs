@@ -11,7 +11,7 @@ pub use dns::{Resolve, SystemResolver};
 use crate::balance::{Balancer, Member, Membership};
 use crate::circuit_breaker::Circuit;
 use crate::descriptors::Group;
-use crate::endpoint::{ConnectionSpec, Endpoint, EndpointStats};
+use crate::endpoint::{ConnectionSpec, Endpoint, EndpointStats, PoolCounters};
 use crate::error::{CompileError, LOCAL_APP};
 use crate::outlier::Outlier;
 use crate::{stack, BoxService};
@@ -83,6 +83,7 @@ pub(crate) struct EndpointPool {
     /// The cluster's TLS client, shared by all its endpoints.
     tls: Option<Arc<ClientTls>>,
     descriptors: Option<Arc<Group>>,
+    counters: PoolCounters,
 }
 
 impl EndpointPool {
@@ -132,23 +133,35 @@ impl EndpointPool {
             })
             .unwrap_or_default();
         Ok(EndpointPool {
-            cluster,
             spec: spec.clone(),
             connection,
             known,
             limits,
             tls,
             descriptors: ctx.descriptors.clone(),
+            counters: PoolCounters {
+                opened: metrics
+                    .upstream_connections_opened_total
+                    .with_label_values(&[&cluster]),
+                closed: metrics
+                    .upstream_connections_closed_total
+                    .with_label_values(&[&cluster]),
+                failed: metrics
+                    .upstream_connections_failed_total
+                    .with_label_values(&[&cluster]),
+            },
+            cluster,
         })
     }
 
     fn get(&mut self, addr: SocketAddr) -> Arc<Endpoint> {
-        let (cluster, connection, limits, tls, fds) = (
+        let (cluster, connection, limits, tls, fds, counters) = (
             &self.cluster,
             &self.connection,
             &self.limits,
             &self.tls,
             &self.descriptors,
+            &self.counters,
         );
         self.known
             .entry(addr)
@@ -160,6 +173,7 @@ impl EndpointPool {
                     limits.clone(),
                     tls.clone(),
                     fds.clone(),
+                    Some(counters.clone()),
                 )
             })
             .clone()
@@ -297,6 +311,7 @@ impl Cluster {
             tls: None,
             max_response_header_bytes: octopus_config::DEFAULT_MAX_HEADER_BYTES,
             max_response_headers: octopus_config::DEFAULT_MAX_HEADERS,
+            pool: Default::default(),
         };
         if let Some(p) = previous.filter(|p| p.spec == spec) {
             return Ok(p.clone());

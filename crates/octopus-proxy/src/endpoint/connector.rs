@@ -1,13 +1,12 @@
 //! Dials one fixed endpoint address, whatever authority the request carries, with the
 //! cluster's connect timeout. One connector (and so one connection pool) per endpoint.
-//! With a cluster connection limit, every open connection holds a slot until closed.
+//! With a cluster connection limit, every open connection holds a slot until closed,
+//! and a descriptor of its listener side's share.
 
 use crate::circuit_breaker::Circuit;
 use crate::descriptors;
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use octopus_tls::ClientTls;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -40,6 +39,20 @@ pub enum ConnectError {
     /// The listener side's share of file descriptors is spent (see `descriptors`).
     #[error("the {0} side's file-descriptor budget is spent")]
     Descriptors(&'static str),
+    /// The HTTP/2 connection preface (or HTTP/1.1 set-up) failed.
+    #[error("HTTP handshake: {0}")]
+    Handshake(#[source] hyper::Error),
+}
+
+impl ConnectError {
+    /// Whether the dial itself failed (the endpoint did not answer properly), rather
+    /// than octopus declining to dial because of its own limits.
+    pub fn is_dial_failure(&self) -> bool {
+        !matches!(
+            self,
+            ConnectError::MaxConnections | ConnectError::Descriptors(_)
+        )
+    }
 }
 
 #[derive(Clone)]
@@ -69,63 +82,43 @@ impl Connector {
     }
 }
 
-impl tower::Service<http::Uri> for Connector {
-    type Response = Conn;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Conn, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Uri) -> Self::Future {
-        let (addr, timeout, limits, tls) = (
-            self.addr,
-            self.timeout,
-            self.limits.clone(),
-            self.tls.clone(),
-        );
+impl Connector {
+    /// Opens one connection: descriptor share, cluster connection slot, TCP, TLS.
+    pub async fn connect(&self) -> Result<Conn, ConnectError> {
         let fd = match &self.descriptors {
-            Some(g) => match g.acquire() {
-                Some(slot) => Some(slot),
-                None => {
-                    let side = g.name();
-                    return Box::pin(async move { Err(ConnectError::Descriptors(side)) });
-                }
-            },
+            Some(g) => Some(g.acquire().ok_or(ConnectError::Descriptors(g.name()))?),
             None => None,
         };
-        Box::pin(async move {
-            let slot = match limits {
-                Some(l) => Some(l.open_connection().ok_or(ConnectError::MaxConnections)?),
-                None => None,
-            };
-            // The connect timeout covers the TCP connect and the TLS handshake.
-            let connect = async {
-                let stream = TcpStream::connect(addr)
-                    .await
-                    .map_err(|source| ConnectError::Io { addr, source })?;
-                // Proxied requests are small writes; Nagle would add up to 40 ms per hop.
-                let _ = stream.set_nodelay(true);
-                match tls {
-                    None => Ok(Io::Plain(TokioIo::new(stream))),
-                    Some(tls) => match tls.connect(addr, stream).await {
-                        Ok(s) => Ok(Io::Tls(Box::new(TokioIo::new(s)))),
-                        Err(e) if octopus_tls::is_identity_mismatch(&e) => {
-                            Err(ConnectError::IdentityMismatch { addr, source: e })
-                        }
-                        Err(source) => Err(ConnectError::Tls { addr, source }),
-                    },
-                }
-            };
-            let io = tokio::time::timeout(timeout, connect)
+        let slot = match &self.limits {
+            Some(l) => Some(l.open_connection().ok_or(ConnectError::MaxConnections)?),
+            None => None,
+        };
+        let (addr, timeout) = (self.addr, self.timeout);
+        // The connect timeout covers the TCP connect and the TLS handshake.
+        let connect = async {
+            let stream = TcpStream::connect(addr)
                 .await
-                .map_err(|_| ConnectError::Timeout { addr, timeout })??;
-            Ok(Conn {
-                io,
-                _slot: slot,
-                _fd: fd,
-            })
+                .map_err(|source| ConnectError::Io { addr, source })?;
+            // Proxied requests are small writes; Nagle would add up to 40 ms per hop.
+            let _ = stream.set_nodelay(true);
+            match &self.tls {
+                None => Ok(Io::Plain(TokioIo::new(stream))),
+                Some(tls) => match tls.connect(addr, stream).await {
+                    Ok(s) => Ok(Io::Tls(Box::new(TokioIo::new(s)))),
+                    Err(e) if octopus_tls::is_identity_mismatch(&e) => {
+                        Err(ConnectError::IdentityMismatch { addr, source: e })
+                    }
+                    Err(source) => Err(ConnectError::Tls { addr, source }),
+                },
+            }
+        };
+        let io = tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| ConnectError::Timeout { addr, timeout })??;
+        Ok(Conn {
+            io,
+            _slot: slot,
+            _fd: fd,
         })
     }
 }
@@ -141,24 +134,6 @@ pub struct Conn {
     io: Io,
     _slot: Option<crate::circuit_breaker::ConnectionSlot>,
     _fd: Option<descriptors::Slot>,
-}
-
-impl Connection for Conn {
-    fn connected(&self) -> Connected {
-        match &self.io {
-            Io::Plain(s) => s.connected(),
-            Io::Tls(s) => {
-                let (tcp, session) = s.inner().get_ref();
-                let connected = tcp.connected();
-                // With TLS, ALPN decides whether this connection speaks HTTP/2.
-                if session.alpn_protocol() == Some(b"h2") {
-                    connected.negotiated_h2()
-                } else {
-                    connected
-                }
-            }
-        }
-    }
 }
 
 macro_rules! delegate {

@@ -1,21 +1,22 @@
-//! One upstream endpoint: its pooled client (keep-alive; HTTP/2 multiplexed when the
+//! One upstream endpoint: its connection pool (keep-alive; HTTP/2 multiplexed when the
 //! cluster speaks it) and its live counters. Endpoint state is shared by every routing
 //! table that names the same cluster, so it outlives config reloads.
 
 mod connector;
 mod ejection;
+mod pool;
 
 pub use connector::{ConnectError, Connector};
 pub use ejection::Ejection;
 pub(crate) use ejection::{CLOSED, HALF_OPEN, OPEN};
+use pool::{Pool, PoolError};
+pub use pool::{PoolCounters, PoolSettings, PoolStats};
 
-use crate::body::{self, Body, BoxError, ClientBodyWatch};
+use crate::body::{self, Body, ClientBodyWatch};
 use crate::circuit_breaker::Circuit;
-use crate::error::{find_cause, Fault, ProxyError, ServedBy};
+use crate::error::{Fault, ProxyError, ServedBy};
 use crate::headers;
 use http::{header, Request, Response, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use octopus_config::Protocol;
 use octopus_tls::ClientTls;
 use std::future::Future;
@@ -26,16 +27,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// Idle pooled connections are closed after this long; shorter than common upstream
-/// keep-alive timeouts so octopus, not the upstream, closes first.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
 pub struct Endpoint {
     addr: SocketAddr,
     authority: http::uri::Authority,
     cluster: Arc<str>,
     protocol: Protocol,
-    client: Client<Connector, Body>,
+    pool: Arc<Pool>,
     in_flight: AtomicUsize,
     requests: AtomicU64,
     failures: AtomicU64,
@@ -64,6 +61,11 @@ pub struct EndpointStats {
     pub in_flight: usize,
     pub requests_total: u64,
     pub failures_total: u64,
+    /// Open upstream connections, and how many of them are idle.
+    pub connections_open: usize,
+    pub connections_idle: usize,
+    /// HTTP/1.1 requests that reused a pooled connection.
+    pub connections_reused_total: u64,
 }
 
 /// Everything an endpoint's connections are made with: the one value that both builds
@@ -80,6 +82,7 @@ pub struct ConnectionSpec {
     pub max_response_headers: u32,
     pub circuit_breaker: Option<octopus_config::CircuitBreakerConfig>,
     pub tls: Option<octopus_config::ClusterTlsConfig>,
+    pub pool: PoolSettings,
 }
 
 impl ConnectionSpec {
@@ -92,6 +95,7 @@ impl ConnectionSpec {
             max_response_headers: octopus_config::DEFAULT_MAX_HEADERS,
             circuit_breaker: None,
             tls: None,
+            pool: PoolSettings::default(),
         }
     }
 
@@ -103,12 +107,10 @@ impl ConnectionSpec {
             max_response_headers: spec.max_response_headers,
             circuit_breaker: spec.circuit_breaker.clone(),
             tls: spec.tls.clone(),
+            pool: PoolSettings::of(&spec.pool),
         }
     }
 }
-
-/// hyper asserts its HTTP/1.1 read buffer is at least this large.
-const MIN_READ_BUF: usize = 8192;
 
 impl Endpoint {
     pub fn new(
@@ -118,26 +120,17 @@ impl Endpoint {
         limits: Option<Arc<Circuit>>,
         tls: Option<Arc<ClientTls>>,
         descriptors: Option<Arc<crate::descriptors::Group>>,
+        counters: Option<PoolCounters>,
     ) -> Arc<Self> {
         let protocol = settings.protocol;
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http1_max_buf_size((settings.max_response_header_bytes as usize).max(MIN_READ_BUF))
-            .http1_max_headers(settings.max_response_headers as usize)
-            .http2_max_header_list_size(settings.max_response_header_bytes);
-        if protocol == Protocol::Http2 {
-            builder.http2_only(true);
-        }
-        let client = builder.build(Connector::new(
-            addr,
-            settings.connect_timeout,
-            limits,
-            tls,
-            descriptors,
-        ));
+        let pool = Pool::new(
+            Connector::new(addr, settings.connect_timeout, limits, tls, descriptors),
+            protocol == Protocol::Http2,
+            settings.max_response_header_bytes,
+            settings.max_response_headers,
+            settings.pool,
+            counters,
+        );
         let authority = addr
             .to_string()
             .parse()
@@ -147,7 +140,7 @@ impl Endpoint {
             authority,
             cluster,
             protocol,
-            client,
+            pool,
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -253,21 +246,25 @@ impl Endpoint {
         self.healthy.store(true, Ordering::Relaxed);
     }
 
+    /// Open connections now, for metrics.
+    pub fn connections(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
     /// One active health check: GET `path` on this endpoint, healthy on a 2xx within
     /// `timeout`. Uses the endpoint's own pool, so it also proves a live connection.
     pub(crate) async fn probe(&self, path: &str, timeout: Duration) -> bool {
-        let uri = format!("http://{}{path}", self.authority);
-        let Ok(mut req) = Request::get(uri).body(body::empty()) else {
+        let Ok(mut req) = Request::get(path).body(body::empty()) else {
             return false;
         };
-        if self.protocol == Protocol::Http2 {
-            *req.version_mut() = Version::HTTP_2;
-        }
         req.headers_mut().insert(
             header::USER_AGENT,
             http::HeaderValue::from_static("octopus-health-check"),
         );
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+        if self.prepare(&mut req).is_err() {
+            return false;
+        }
+        match tokio::time::timeout(timeout, self.pool.send(req)).await {
             Ok(Ok(resp)) => {
                 let ok = resp.status().is_success();
                 // Read the body so the connection can go back to the pool.
@@ -283,7 +280,11 @@ impl Endpoint {
     }
 
     pub fn stats(&self) -> EndpointStats {
+        let conns = self.pool.stats();
         EndpointStats {
+            connections_open: conns.open,
+            connections_idle: conns.idle,
+            connections_reused_total: self.pool.reused(),
             address: self.addr.to_string(),
             healthy: self.is_healthy(),
             outlier: self.ejection.name(),
@@ -293,35 +294,66 @@ impl Endpoint {
         }
     }
 
-    /// Puts the request in the shape the upstream client needs: absolute URI (the
-    /// original authority, else this endpoint's address), the cluster's HTTP version.
+    /// Puts the request in the shape its upstream connection needs. HTTP/1.1: the
+    /// origin-form target (`/path?query`) and a `Host` header. HTTP/2: the absolute
+    /// URI (its authority travels as `:authority`) and no `Host`. The handler has set
+    /// `Host` to the authority it routed on, so a request from an HTTP/1.1 client to
+    /// an HTTP/1.1 cluster, the common case, is sent as it is.
     fn prepare(&self, req: &mut Request<Body>) -> Result<(), ProxyError> {
-        // The listener already made the URI absolute when the client named a host, so
-        // the common case rebuilds nothing.
-        let uri = req.uri();
-        if uri.scheme() != Some(&http::uri::Scheme::HTTP) || uri.authority().is_none() {
-            let authority = uri
-                .authority()
-                .cloned()
-                .unwrap_or_else(|| self.authority.clone());
-            let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-            *req.uri_mut() = Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query(pq)
-                .build()
-                .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
-        }
         match self.protocol {
-            Protocol::Http1 => *req.version_mut() = Version::HTTP_11,
+            Protocol::Http1 => {
+                *req.version_mut() = Version::HTTP_11;
+                let uri = req.uri();
+                if uri.scheme().is_some() || uri.authority().is_some() {
+                    let authority = uri.authority().cloned();
+                    let pq = uri
+                        .path_and_query()
+                        .cloned()
+                        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+                    *req.uri_mut() = Uri::from(pq);
+                    if !req.headers().contains_key(header::HOST) {
+                        let host = authority.unwrap_or_else(|| self.authority.clone());
+                        req.headers_mut().insert(header::HOST, host_value(&host)?);
+                    }
+                } else if !req.headers().contains_key(header::HOST) {
+                    req.headers_mut()
+                        .insert(header::HOST, host_value(&self.authority)?);
+                }
+            }
             Protocol::Http2 => {
                 *req.version_mut() = Version::HTTP_2;
+                let uri = req.uri();
+                if uri.scheme() != Some(&http::uri::Scheme::HTTP) || uri.authority().is_none() {
+                    let authority = match uri.authority() {
+                        Some(a) => a.clone(),
+                        None => match req.headers().get(header::HOST) {
+                            Some(h) => http::uri::Authority::try_from(h.as_bytes())
+                                .map_err(|_| ProxyError::BadRequest("invalid Host header"))?,
+                            None => self.authority.clone(),
+                        },
+                    };
+                    let pq = uri
+                        .path_and_query()
+                        .cloned()
+                        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+                    let mut parts = http::uri::Parts::default();
+                    parts.scheme = Some(http::uri::Scheme::HTTP);
+                    parts.authority = Some(authority);
+                    parts.path_and_query = Some(pq);
+                    *req.uri_mut() = Uri::from_parts(parts)
+                        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+                }
                 // The authority travels as `:authority`; a Host header would duplicate it.
                 req.headers_mut().remove(header::HOST);
             }
         }
         Ok(())
     }
+}
+
+fn host_value(a: &http::uri::Authority) -> Result<http::HeaderValue, ProxyError> {
+    http::HeaderValue::from_str(a.as_str())
+        .map_err(|_| ProxyError::BadRequest("invalid request authority"))
 }
 
 /// Decrements the in-flight count however the request ends (success, error, drop).
@@ -359,7 +391,7 @@ pub fn upstream_verdict<B>(
 }
 
 /// The innermost service of the outbound stack: sends a request to one endpoint
-/// through its pooled client and types what went wrong. Accounting (`in_flight`) and
+/// through its pool and types what went wrong. Accounting (`in_flight`) and
 /// outlier detection are layers around it (see `stack::endpoint`).
 #[derive(Clone)]
 pub struct EndpointService {
@@ -388,7 +420,7 @@ impl tower::Service<Request<Body>> for EndpointService {
             // Set by the client's body when it fails: then the exchange failed
             // because of the client, whatever the upstream client reports.
             let client_body = req.extensions().get::<ClientBodyWatch>().cloned();
-            let result = ep.client.request(req).await;
+            let result = ep.pool.send(req).await;
             let client_fault = client_body.as_ref().and_then(ClientBodyWatch::fault);
             let result = match (result, client_fault) {
                 (Err(e), Some(fault)) => {
@@ -419,46 +451,45 @@ impl tower::Service<Request<Body>> for EndpointService {
 
 impl Endpoint {
     /// The typed error for a failed exchange with this endpoint.
-    fn classify(&self, e: hyper_util::client::legacy::Error) -> ProxyError {
+    fn classify(&self, e: PoolError) -> ProxyError {
         let (cluster, endpoint) = (self.cluster.clone(), self.addr);
-        match find_cause::<ConnectError>(&e) {
-            Some(ConnectError::MaxConnections) => {
-                return ProxyError::CircuitOpen {
+        match e {
+            PoolError::Connect(e) => match &*e {
+                ConnectError::MaxConnections => ProxyError::CircuitOpen {
                     cluster,
                     limit: "max_connections",
+                },
+                ConnectError::Descriptors(side) => {
+                    tracing::warn!(%cluster, side, "file-descriptor budget spent; request shed");
+                    ProxyError::CircuitOpen {
+                        cluster,
+                        limit: "descriptors",
+                    }
                 }
-            }
-            Some(ConnectError::Descriptors(side)) => {
-                tracing::warn!(%cluster, side, "file-descriptor budget spent; request shed");
-                return ProxyError::CircuitOpen {
+                ConnectError::IdentityMismatch { source, .. } => {
+                    tracing::warn!(%cluster, %endpoint, error = %source, "upstream identity mismatch");
+                    ProxyError::IdentityMismatch { cluster, endpoint }
+                }
+                _ => {
+                    tracing::debug!(%cluster, %endpoint, error = %error_chain(&*e), "connect failed");
+                    ProxyError::ConnectFailed {
+                        cluster,
+                        endpoint,
+                        source: Box::new(e),
+                    }
+                }
+            },
+            PoolError::Request(e) => {
+                if let Some(reason) = unparsable_response(&e) {
+                    tracing::warn!(%cluster, %endpoint, reason, "refused an upstream response");
+                    return ProxyError::BadResponse { cluster, reason };
+                }
+                tracing::debug!(%cluster, %endpoint, error = %error_chain(&e), "upstream request failed");
+                ProxyError::UpstreamReset {
                     cluster,
-                    limit: "descriptors",
-                };
-            }
-            Some(ConnectError::IdentityMismatch { source, .. }) => {
-                tracing::warn!(%cluster, %endpoint, error = %source, "upstream identity mismatch");
-                return ProxyError::IdentityMismatch { cluster, endpoint };
-            }
-            _ => {}
-        }
-        if let Some(reason) = unparsable_response(&e) {
-            tracing::warn!(%cluster, %endpoint, reason, "refused an upstream response");
-            return ProxyError::BadResponse { cluster, reason };
-        }
-        let connect = e.is_connect();
-        let source: BoxError = Box::new(e);
-        tracing::debug!(%cluster, %endpoint, error = %error_chain(&*source), "upstream request failed");
-        if connect {
-            ProxyError::ConnectFailed {
-                cluster,
-                endpoint,
-                source,
-            }
-        } else {
-            ProxyError::UpstreamReset {
-                cluster,
-                endpoint,
-                source,
+                    endpoint,
+                    source: Box::new(e),
+                }
             }
         }
     }
@@ -466,11 +497,10 @@ impl Endpoint {
 
 /// Why hyper refused the upstream's response head, if it did: an operator should
 /// see "too large" or "malformed", not a reset.
-fn unparsable_response(e: &hyper_util::client::legacy::Error) -> Option<&'static str> {
-    let h = find_cause::<hyper::Error>(e)?;
-    if h.is_parse_too_large() {
+fn unparsable_response(e: &hyper::Error) -> Option<&'static str> {
+    if e.is_parse_too_large() {
         Some("response head too large")
-    } else if h.is_parse() {
+    } else if e.is_parse() {
         Some("malformed response head")
     } else {
         None
