@@ -8,6 +8,7 @@ mod errors;
 mod limits;
 mod mtls;
 mod observability;
+mod pool;
 mod protocols;
 mod rate_limit;
 mod reload;

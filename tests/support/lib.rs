@@ -14,7 +14,9 @@ use octopus_proxy::Proxy;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use octopus_testkit::{closing_server, dead_address, resetting_server, Protocols, Upstream};
+pub use octopus_testkit::{
+    closing_server, dead_address, resetting_server, KeepAlive, KeepAliveServer, Protocols, Upstream,
+};
 
 pub mod chaos;
 

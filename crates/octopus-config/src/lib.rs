@@ -219,6 +219,23 @@ clusters:
     }
 
     #[test]
+    fn pool_settings_are_checked() {
+        let e = errors("clusters:\n  c:\n    endpoints: [127.0.0.1:2]\n    pool:\n      idle_timeout: 1ms\n      max_streams_per_connection: 0\n");
+        assert_eq!(
+            e,
+            [
+                "line 5: clusters.c.pool.idle_timeout: must be at least 10ms",
+                "line 6: clusters.c.pool.max_streams_per_connection: must be at least 1"
+            ]
+        );
+        let e =
+            errors("clusters:\n  c:\n    endpoints: [127.0.0.1:2]\n    pool: { max_idle: 3 }\n");
+        assert!(e[0].contains("unknown field `max_idle`"), "{e:?}");
+        let c = load_str("clusters:\n  c:\n    endpoints: [127.0.0.1:2]\n", "t.yaml").unwrap();
+        assert_eq!(c.clusters["c"].pool.max_idle_per_endpoint, 32);
+    }
+
+    #[test]
     fn unimplemented_keys_are_refused() {
         let e = errors("inbound:\n  listen: 127.0.0.1:1\n  forward_to: app.local:80\n");
         assert_eq!(e, ["line 3: inbound.forward_to: a DNS name here (use an IP address such as 127.0.0.1) is not supported yet by this octopus version"]);

@@ -33,6 +33,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+mod keepalive;
+pub use keepalive::{KeepAlive, KeepAliveServer};
+
 pub type TestBody = BoxBody<Bytes, hyper::Error>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +69,7 @@ pub struct Upstream {
     /// Tasks of open connections, so `kill` can cut them like a crash would.
     conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
     peak_connections: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -105,6 +109,8 @@ impl Upstream {
         let c = conns.clone();
         let peak_connections = Arc::new(AtomicUsize::new(0));
         let peak = peak_connections.clone();
+        let accepted_total = Arc::new(AtomicUsize::new(0));
+        let counted = accepted_total.clone();
         let task = tokio::spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             match protocols {
@@ -118,6 +124,7 @@ impl Upstream {
                     continue;
                 };
                 accepted += 1;
+                counted.fetch_add(1, Ordering::SeqCst);
                 if k.reset_half.load(Ordering::SeqCst) && accepted % 2 == 1 {
                     tokio::spawn(async move {
                         let mut buf = [0u8; 4096];
@@ -152,7 +159,13 @@ impl Upstream {
             task,
             conns,
             peak_connections,
+            accepted: accepted_total,
         }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// The most connections that were open at once.
