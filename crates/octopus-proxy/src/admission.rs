@@ -2,6 +2,7 @@
 //! connections: HTTP/2 lets one connection carry many streams, so a connection limit
 //! alone does not bound the work (and upstream connections) clients can cause.
 
+use crate::held::{Held, Release};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ impl Admission {
                 (n < max as usize).then_some(n + 1)
             })
             .ok()
-            .map(|_| Admitted(self.clone()))
+            .map(|_| Admitted(Held::new(self.clone())))
     }
 
     pub fn in_flight(&self) -> usize {
@@ -34,11 +35,17 @@ impl Admission {
 /// One admitted request; held by its response body until the last byte is sent or
 /// the client goes away.
 #[derive(Debug)]
-pub struct Admitted(Arc<Admission>);
+pub struct Admitted(Held);
 
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+impl From<Admitted> for Held {
+    fn from(a: Admitted) -> Held {
+        a.0
+    }
+}
+
+impl Release for Admission {
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -5,8 +5,8 @@
 //! cannot prove the request futures `Send` (higher-ranked lifetime inference), and a
 //! concrete type also keeps every service signature short.
 
-use crate::admission::Admitted;
 use crate::cause::find_cause;
+use crate::held::Held;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
@@ -22,10 +22,18 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub struct Body {
     inner: http_body_util::combinators::BoxBody<Bytes, BoxError>,
-    /// The listener's admission of this request, released when the response body is
-    /// done (or dropped): held here rather than by another boxed wrapper.
-    admitted: Option<Admitted>,
+    /// Counts this request holds until its response body is done or dropped (the
+    /// listener's admission, the cluster's request slot, the endpoint's in-flight
+    /// unit): held in place rather than by a boxed wrapper per layer.
+    held: [Option<Held>; HELD_SLOTS],
+    /// The cluster that produced this response (an endpoint's answer, or an error
+    /// naming one), for metrics labels and retry counters. Carried here rather than
+    /// in the response's extensions, whose first insert costs two allocations.
+    served_by: Option<Arc<str>>,
 }
+
+/// Admission, circuit breaker, in-flight: the most one response carries.
+const HELD_SLOTS: usize = 3;
 
 impl Body {
     pub fn new<B>(body: B) -> Self
@@ -35,14 +43,36 @@ impl Body {
     {
         Body {
             inner: body.map_err(Into::into).boxed(),
-            admitted: None,
+            held: Default::default(),
+            served_by: None,
         }
     }
 
-    /// Keeps `admitted` until this body is dropped.
-    pub fn hold(mut self, admitted: Admitted) -> Self {
-        self.admitted = Some(admitted);
-        self
+    /// Keeps `held` until this body is dropped.
+    pub fn hold(mut self, held: impl Into<Held>) -> Self {
+        let held = held.into();
+        match self.held.iter_mut().find(|s| s.is_none()) {
+            Some(slot) => {
+                *slot = Some(held);
+                self
+            }
+            // More than the slots (not on any path today): still correct, one box.
+            None => {
+                let served_by = self.served_by.take();
+                let mut b = Body::new(Guarded::new(self, held));
+                b.served_by = served_by;
+                b
+            }
+        }
+    }
+
+    /// The cluster that produced this response, if any.
+    pub fn served_by(&self) -> Option<&Arc<str>> {
+        self.served_by.as_ref()
+    }
+
+    pub fn set_served_by(&mut self, cluster: Arc<str>) {
+        self.served_by = Some(cluster);
     }
 }
 

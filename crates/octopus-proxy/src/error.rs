@@ -122,11 +122,6 @@ impl Fault {
 
 pub use crate::cause::find_cause;
 
-/// Which cluster produced a response; set on every response that reached a cluster so
-/// metrics can label it without re-deciding the split.
-#[derive(Debug, Clone)]
-pub struct ServedBy(pub Arc<str>);
-
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -264,7 +259,7 @@ impl ProxyError {
             );
         }
         if let Some(c) = self.cluster() {
-            resp.extensions_mut().insert(ServedBy(c.clone()));
+            resp.body_mut().set_served_by(c.clone());
         }
         resp
     }

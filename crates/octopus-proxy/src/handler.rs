@@ -3,7 +3,7 @@
 //! upgraded (WebSocket) connections.
 
 use crate::body::{self, Body, ClientBodyFault, ClientBodyWatch, FromClient};
-use crate::error::{ProxyError, ServedBy};
+use crate::error::ProxyError;
 use crate::headers;
 use crate::listener::ConnInfo;
 use crate::snapshot::{Inbound, Route, NONE_LABEL};
@@ -15,7 +15,6 @@ use hyper_util::rt::TokioIo;
 use octopus_config::UnderscoreHeaders;
 use octopus_metrics::TargetMetrics;
 use std::time::Instant;
-use tower::ServiceExt;
 
 /// The verified identity of an inbound mTLS peer, as the app receives it.
 pub const PEER_IDENTITY: &str = "x-octopus-peer-identity";
@@ -271,11 +270,11 @@ async fn forward(
         req.map(|b| Body::new(FromClient::new(b, max_body, body_timeout, watch)))
     };
 
-    let service = match target {
-        Target::Route(r) => r.service.clone(),
-        Target::Inbound(i) => i.cluster.service(),
+    let call = match target {
+        Target::Route(r) => r.service.call_shared(req),
+        Target::Inbound(i) => i.cluster.call(req),
     };
-    let mut resp = service.oneshot(req).await?;
+    let mut resp = call.await?;
     if headers::is_upgrade_response(&resp) {
         let refuse = |reason| ProxyError::BadResponse {
             cluster: cluster_of(&resp).unwrap_or_else(|| NONE_LABEL.into()),
@@ -301,8 +300,8 @@ async fn forward(
     Ok(resp.map(|b| b.hold(admitted)))
 }
 
-fn cluster_of<B>(resp: &Response<B>) -> Option<std::sync::Arc<str>> {
-    resp.extensions().get::<ServedBy>().map(|s| s.0.clone())
+fn cluster_of(resp: &Response<Body>) -> Option<std::sync::Arc<str>> {
+    resp.body().served_by().cloned()
 }
 
 /// Splices the client's and the upstream's upgraded connections until either closes.

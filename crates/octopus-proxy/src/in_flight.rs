@@ -3,9 +3,10 @@
 //! load measure), and upstream failures for `/clusters`, judged by the same rule as
 //! outlier detection (`endpoint::upstream_verdict`).
 
-use crate::body::{self, Body, ClientBodyWatch};
-use crate::endpoint::{upstream_verdict, Endpoint, InFlightGuard};
+use crate::body::{Body, ClientBodyWatch};
+use crate::endpoint::{upstream_verdict, Endpoint};
 use crate::error::ProxyError;
+use crate::held::Held;
 use http::{Request, Response};
 use std::future::Future;
 use std::pin::Pin;
@@ -55,7 +56,8 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let watch = req.extensions().get::<ClientBodyWatch>().cloned();
         ResponseFuture {
-            guard: Some(self.endpoint.start_request()),
+            held: Some(self.endpoint.start_request()),
+            endpoint: self.endpoint.clone(),
             inner: self.inner.call(req),
             watch,
         }
@@ -66,7 +68,8 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        guard: Option<InFlightGuard>,
+        held: Option<Held>,
+        endpoint: Arc<Endpoint>,
         watch: Option<ClientBodyWatch>,
     }
 }
@@ -80,14 +83,14 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
-        let Some(guard) = this.guard.take() else {
+        let Some(held) = this.held.take() else {
             return Poll::Ready(result);
         };
         if upstream_verdict(&result, this.watch.as_ref()) == Some(false) {
-            guard.endpoint().count_failure();
+            this.endpoint.count_failure();
         }
         // The request stays in flight until its response body is done; an error
-        // drops the guard here.
-        Poll::Ready(result.map(|resp| resp.map(|b| Body::new(body::Guarded::new(b, guard)))))
+        // drops the unit here.
+        Poll::Ready(result.map(|resp| resp.map(|b| b.hold(held))))
     }
 }

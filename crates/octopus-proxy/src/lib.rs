@@ -8,6 +8,7 @@ mod admin;
 pub mod admission;
 pub mod balance;
 pub mod body;
+mod boxed;
 mod cause;
 pub mod circuit_breaker;
 pub mod cluster;
@@ -16,6 +17,7 @@ pub mod endpoint;
 pub mod error;
 pub mod handler;
 pub mod headers;
+pub mod held;
 pub mod in_flight;
 pub mod listener;
 pub mod mirror;
@@ -36,12 +38,7 @@ use std::sync::Arc;
 pub use error::ProxyError;
 pub use proxy::{Proxy, ReloadError, StartError};
 
-/// The type-erased service every layer boundary uses.
-pub type BoxService = tower::util::BoxCloneSyncService<
-    http::Request<body::Body>,
-    http::Response<body::Body>,
-    ProxyError,
->;
+pub use boxed::BoxService;
 
 /// State shared by every connection of one proxy.
 pub(crate) struct Shared {

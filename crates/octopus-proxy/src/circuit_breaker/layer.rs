@@ -98,7 +98,7 @@ where
                 let resp = std::task::ready!(inner.poll(cx))?;
                 // The slot is held until the response body is done.
                 Poll::Ready(Ok(match slot.take() {
-                    Some(s) => resp.map(|b| Body::new(crate::body::Guarded::new(b, s))),
+                    Some(s) => resp.map(|b| b.hold(s)),
                     None => resp,
                 }))
             }

@@ -1,3 +1,4 @@
+use crate::held::{Held, Release};
 use octopus_config::CircuitBreakerConfig;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,11 +30,18 @@ impl Drop for ConnectionSlot {
 
 /// Held while a request is in flight, response body included.
 #[derive(Debug)]
-pub struct RequestSlot(Arc<Circuit>);
+pub struct RequestSlot(Held);
 
-impl Drop for RequestSlot {
-    fn drop(&mut self) {
-        self.0.requests.fetch_sub(1, Ordering::AcqRel);
+impl From<RequestSlot> for Held {
+    fn from(s: RequestSlot) -> Held {
+        s.0
+    }
+}
+
+/// What a [`RequestSlot`] gives back: one request (connections have their own slot).
+impl Release for Circuit {
+    fn release(&self) {
+        self.requests.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -83,7 +91,7 @@ impl Circuit {
             }
         }
         if Self::acquire(&self.requests, self.spec.max_requests) {
-            Ok(RequestSlot(self.clone()))
+            Ok(RequestSlot(Held::new(self.clone())))
         } else {
             Err("max_requests")
         }

@@ -332,6 +332,11 @@ impl Cluster {
         }
     }
 
+    /// Sends a request through the cluster's stack.
+    pub fn call(&self, req: http::Request<crate::body::Body>) -> crate::boxed::BoxFuture {
+        self.service.call_shared(req)
+    }
+
     pub fn service(&self) -> BoxService {
         self.service.clone()
     }

@@ -14,8 +14,9 @@ pub use pool::{PoolCounters, PoolSettings, PoolStats};
 
 use crate::body::{self, Body, ClientBodyWatch};
 use crate::circuit_breaker::Circuit;
-use crate::error::{Fault, ProxyError, ServedBy};
+use crate::error::{Fault, ProxyError};
 use crate::headers;
+use crate::held::{Held, Release};
 use http::{header, Request, Response, Uri, Version};
 use octopus_config::Protocol;
 use octopus_tls::ClientTls;
@@ -167,16 +168,17 @@ impl Endpoint {
 
     /// Holds one fake in-flight request until the guard is dropped.
     #[cfg(test)]
-    pub(crate) fn test_hold(self: &Arc<Self>) -> InFlightGuard {
+    pub(crate) fn test_hold(self: &Arc<Self>) -> Held {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard(self.clone())
+        Held::new(self.clone())
     }
 
-    /// Counts a request sent to this endpoint, in flight until the guard is dropped.
-    pub(crate) fn start_request(self: &Arc<Self>) -> InFlightGuard {
+    /// Counts a request sent to this endpoint, in flight until the result is dropped
+    /// (the response body holds it).
+    pub(crate) fn start_request(self: &Arc<Self>) -> Held {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard(self.clone())
+        Held::new(self.clone())
     }
 
     /// Counts an upstream failure (see [`upstream_verdict`]) for `/clusters`.
@@ -356,18 +358,11 @@ fn host_value(a: &http::uri::Authority) -> Result<http::HeaderValue, ProxyError>
         .map_err(|_| ProxyError::BadRequest("invalid request authority"))
 }
 
-/// Decrements the in-flight count however the request ends (success, error, drop).
-pub(crate) struct InFlightGuard(Arc<Endpoint>);
-
-impl InFlightGuard {
-    pub(crate) fn endpoint(&self) -> &Endpoint {
-        &self.0
-    }
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+/// What a request's in-flight unit gives back, however it ends (success, error,
+/// drop): see [`Endpoint::start_request`].
+impl Release for Endpoint {
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -442,7 +437,7 @@ impl tower::Service<Request<Body>> for EndpointService {
             };
             result.map(|resp| {
                 let mut resp = resp.map(Body::new);
-                resp.extensions_mut().insert(ServedBy(ep.cluster.clone()));
+                resp.body_mut().set_served_by(ep.cluster.clone());
                 resp
             })
         })

@@ -13,7 +13,7 @@ pub use budget::Budget;
 
 use crate::balance::Attempted;
 use crate::body::{self, Body};
-use crate::error::{ProxyError, ServedBy};
+use crate::error::ProxyError;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
 use octopus_config::{RetryConfig, RetryOn};
@@ -110,7 +110,7 @@ fn judge(
 
 fn cluster_of(result: &Result<Response<Body>, ProxyError>) -> Arc<str> {
     let c = match result {
-        Ok(resp) => resp.extensions().get::<ServedBy>().map(|s| s.0.clone()),
+        Ok(resp) => resp.body().served_by().cloned(),
         Err(e) => e.cluster().cloned(),
     };
     c.unwrap_or_else(|| crate::error::NONE_LABEL.into())
@@ -161,19 +161,34 @@ where
                 replay::Replay::Stream(b) => (Bytes::new(), Some(b)),
             };
             let attempts = if once.is_some() { 1 } else { policy.attempts };
-            let attempted = Attempted::default();
+            // Only a request that may be tried again needs the tried-endpoint set.
+            let attempted = (attempts > 1).then(Attempted::default);
+            let mut parts = Some(parts);
             let mut n = 1;
             loop {
-                let mut req =
-                    Request::new(once.take().unwrap_or_else(|| body::full(bytes.clone())));
-                *req.method_mut() = parts.method.clone();
-                *req.uri_mut() = parts.uri.clone();
-                *req.version_mut() = parts.version;
-                *req.headers_mut() = parts.headers.clone();
-                // Layers below see what the client's request carried (the body watch
-                // among them), on every try.
-                *req.extensions_mut() = parts.extensions.clone();
-                req.extensions_mut().insert(attempted.clone());
+                let body = once.take().unwrap_or_else(|| body::full(bytes.clone()));
+                // The last try takes the client's head; earlier ones copy it.
+                let mut req = match (n == attempts, parts.take()) {
+                    (true, Some(p)) => Request::from_parts(p, body),
+                    (_, Some(p)) => {
+                        let mut req = Request::new(body);
+                        *req.method_mut() = p.method.clone();
+                        *req.uri_mut() = p.uri.clone();
+                        *req.version_mut() = p.version;
+                        *req.headers_mut() = p.headers.clone();
+                        // Layers below see what the client's request carried (the body
+                        // watch among them), on every try.
+                        *req.extensions_mut() = p.extensions.clone();
+                        parts = Some(p);
+                        req
+                    }
+                    (_, None) => {
+                        return Err(ProxyError::Internal("retry ran out of request heads"))
+                    }
+                };
+                if let Some(a) = &attempted {
+                    req.extensions_mut().insert(a.clone());
+                }
                 let call = inner.clone().oneshot(req);
                 let (result, expired) = match policy.per_try_timeout {
                     Some(t) => match tokio::time::timeout(t.get(), call).await {

@@ -79,7 +79,7 @@ impl Service<Request<Body>> for Split {
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let r = self.point(&req);
         match self.pick(r) {
-            Some(svc) => svc.clone().call(req),
+            Some(svc) => svc.call_shared(req),
             // Validation refuses a split whose weights are all 0.
             None => Box::pin(async {
                 Err(ProxyError::Internal(
