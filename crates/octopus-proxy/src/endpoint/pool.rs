@@ -228,7 +228,9 @@ impl Pool {
                 },
             }
         }
-        let mut tx = self.dial_h1().await?;
+        // Boxed: the dial (TCP connect, TLS handshake) is the rare path, and inline it
+        // would make every request's future as large as a TLS handshake's state.
+        let mut tx = Box::pin(self.dial_h1()).await?;
         match tx.try_send_request(req).await {
             Ok(resp) => Ok(self.h1_response(resp, tx)),
             Err(e) => Err(PoolError::Request(e.into_error())),
