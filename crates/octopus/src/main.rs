@@ -14,9 +14,11 @@ use std::process::ExitCode;
 /// builds it with `background_thread:true`), instead of glibc malloc: after a burst of
 /// connections, the memory goes back to the OS.
 ///
-/// Each open connection costs ~30 KiB (hyper's buffers, the connection's task and
-/// channels, the upstream connection pooled for it), and all of it is freed when the
-/// burst ends: after idling, glibc had 0.3 MiB in use but kept ~200 MiB of free chunks
+/// Each open client connection costs ~27 KiB (measured with 1000 idle keep-alive
+/// connections, S4 of docs/benchmarks.md: hyper's HTTP/1.1 read and write
+/// buffers, 8-16 KiB each, kept for the connection's life; the connection's task,
+/// ~2 KiB; hyper's slot for the request future, ~1.9 KiB), and all of it is freed when
+/// the burst ends (upstream connections are bounded by the pool's idle set): after idling, glibc had 0.3 MiB in use but kept ~200 MiB of free chunks
 /// that `free` cannot trim, since a live chunk sits above them at the top of the heap.
 /// Only `malloc_trim(0)` returned them; `MALLOC_ARENA_MAX=1` and
 /// `MALLOC_TRIM_THRESHOLD_` did not. jemalloc purges freed pages after
