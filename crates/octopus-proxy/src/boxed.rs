@@ -23,21 +23,36 @@ use tower::Service;
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
 
+/// What a stack level must be to sit behind a [`BoxService`].
+pub trait Stack:
+    Service<Request<Body>, Response = Response<Body>, Error = ProxyError, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Stack for S where
+    S: Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = ProxyError,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 trait Call: Send + Sync {
     fn call(&self, req: Request<Body>) -> BoxFuture;
 }
 
 struct Erased<S>(S);
 
-impl<S> Call for Erased<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: Stack> Call for Erased<S> {
     fn call(&self, req: Request<Body>) -> BoxFuture {
         Box::pin(self.0.clone().call(req))
     }
@@ -47,15 +62,7 @@ where
 pub struct BoxService(Arc<dyn Call>);
 
 impl BoxService {
-    pub fn new<S>(service: S) -> Self
-    where
-        S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    pub fn new<S: Stack>(service: S) -> Self {
         BoxService(Arc::new(Erased(service)))
     }
 
