@@ -37,6 +37,21 @@ fn expect_series(page: &str, want: &[(&str, f64)]) {
     }
 }
 
+/// `n` GETs to `svc` sent at once; their replies.
+async fn at_once(client: &HttpClient, out: SocketAddr, n: usize) -> Vec<Reply> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move { c.get(out, "svc", "/", &[]).await })
+        })
+        .collect();
+    let mut replies = Vec::with_capacity(n);
+    for t in tasks {
+        replies.push(t.await.unwrap());
+    }
+    replies
+}
+
 async fn metrics(proxy: &octopus_proxy::Proxy) -> String {
     admin(proxy, "/metrics").await.text()
 }
@@ -83,23 +98,10 @@ async fn connections_are_reused_and_the_idle_set_is_bounded() {
 
     // Six at once need six connections; a second burst right after reuses them all
     // (the surplus is kept a moment), and only two stay once traffic stops.
-    let burst: Vec<_> = (0..6)
-        .map(|_| {
-            let c = client.clone();
-            tokio::spawn(async move { c.get(out, "svc", "/", &[]).await.status })
-        })
-        .collect();
-    for b in burst {
-        assert_eq!(b.await.unwrap(), 200);
-    }
-    let burst: Vec<_> = (0..6)
-        .map(|_| {
-            let c = client.clone();
-            tokio::spawn(async move { c.get(out, "svc", "/", &[]).await.status })
-        })
-        .collect();
-    for b in burst {
-        assert_eq!(b.await.unwrap(), 200);
+    for _ in 0..2 {
+        for r in at_once(&client, out, 6).await {
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
     }
     assert_eq!(
         app.accepted(),
@@ -260,14 +262,7 @@ async fn http2_requests_share_connections_up_to_the_stream_limit() {
         let client = HttpClient::http1();
         // Six at once, on a cold pool: one dial is made and shared (or three with a
         // limit of two streams each), never one per request.
-        let burst: Vec<_> = (0..6)
-            .map(|_| {
-                let c = client.clone();
-                tokio::spawn(async move { c.get(out, "svc", "/", &[]).await })
-            })
-            .collect();
-        for b in burst {
-            let r = b.await.unwrap();
+        for r in at_once(&client, out, 6).await {
             assert_eq!(r.status, 200, "{}", r.text());
             assert_eq!(r.json()["version"], "HTTP/2.0");
         }
