@@ -238,7 +238,7 @@ impl Pool {
         }
         // Boxed: the dial (TCP connect, TLS handshake) is the rare path, and inline it
         // would make every request's future as large as a TLS handshake's state.
-        let mut tx = Box::pin(self.dial_h1()).await?;
+        let mut tx = Box::pin(self.dial_h1()).await.map_err(PoolError::Connect)?;
         match tx.try_send_request(req).await {
             Ok(resp) => Ok(self.h1_response(resp, tx)),
             Err(e) => Err(PoolError::Request(e.into_error())),
@@ -370,39 +370,33 @@ impl Pool {
         self.start_sweeper();
     }
 
-    async fn connect(&self) -> Result<super::connector::Conn, PoolError> {
-        self.connector.connect().await.map_err(|e| {
-            if e.is_dial_failure() {
-                if let Some(c) = &self.counters {
-                    c.failed.inc();
-                }
+    /// Counts a failed dial (not octopus declining to dial: its own limits) and
+    /// shares its error with every request that waited on it.
+    fn dial_failed(&self, e: ConnectError) -> Arc<ConnectError> {
+        if e.is_dial_failure() {
+            if let Some(c) = &self.counters {
+                c.failed.inc();
             }
-            PoolError::Connect(Arc::new(e))
-        })
+        }
+        Arc::new(e)
     }
 
-    async fn dial_h1(&self) -> Result<http1::SendRequest<Body>, PoolError> {
-        let io = self.connect().await?;
-        let (tx, conn) = self
-            .h1
-            .handshake(io)
-            .await
-            .map_err(|e| PoolError::Connect(Arc::new(ConnectError::Handshake(e))))?;
+    async fn dial_h1(&self) -> Result<http1::SendRequest<Body>, Arc<ConnectError>> {
+        let dialled = async {
+            let io = self.connector.connect().await?;
+            self.h1.handshake(io).await.map_err(ConnectError::Handshake)
+        };
+        let (tx, conn) = dialled.await.map_err(|e| self.dial_failed(e))?;
         self.run(conn.with_upgrades());
         Ok(tx)
     }
 
     async fn dial_h2(&self) -> Result<http2::SendRequest<Body>, Arc<ConnectError>> {
-        let io = match self.connect().await {
-            Ok(io) => io,
-            Err(PoolError::Connect(e)) => return Err(e),
-            Err(PoolError::Request(e)) => return Err(Arc::new(ConnectError::Handshake(e))),
+        let dialled = async {
+            let io = self.connector.connect().await?;
+            self.h2.handshake(io).await.map_err(ConnectError::Handshake)
         };
-        let (tx, conn) = self
-            .h2
-            .handshake(io)
-            .await
-            .map_err(|e| Arc::new(ConnectError::Handshake(e)))?;
+        let (tx, conn) = dialled.await.map_err(|e| self.dial_failed(e))?;
         self.run(conn);
         Ok(tx)
     }
@@ -436,7 +430,9 @@ impl Pool {
     /// connections and exists: started by a check-in or a dial, so an unused endpoint
     /// costs no timer and building a pool needs no runtime.
     fn start_sweeper(self: &Arc<Self>) {
-        if self.sweeping.swap(true, Ordering::AcqRel) {
+        // Every check-in gets here: a load first keeps the common case (a sweeper is
+        // running) free of a read-modify-write.
+        if self.sweeping.load(Ordering::Acquire) || self.sweeping.swap(true, Ordering::AcqRel) {
             return;
         }
         let pool: Weak<Pool> = Arc::downgrade(self);
