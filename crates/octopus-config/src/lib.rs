@@ -20,6 +20,7 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use schema::*;
 pub use types::{Duration, HashOn, HostPort, LbPolicy, Protocol, RetryOn};
+pub use validate::Checks;
 pub use watch::ConfigWatcher;
 
 /// Reads, parses and validates a control file.
@@ -61,6 +62,11 @@ pub fn digest(bytes: &[u8]) -> String {
 
 /// Parses and validates control-file text; `origin` names it in error messages.
 pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
+    load_str_with(text, origin, Checks::default())
+}
+
+/// [`load_str`] with a choice of [`Checks`] (`octopus validate --offline`).
+pub fn load_str_with(text: &str, origin: &str, checks: Checks) -> Result<Config, ConfigErrors> {
     if text.trim().is_empty() {
         return Err(ConfigErrors::single(
             origin,
@@ -72,7 +78,7 @@ pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
     }
     let config: Config =
         parse_yaml(text).map_err(|e| ConfigErrors::single(origin, ConfigError::from_yaml(&e)))?;
-    let mut errors = validate::check(&config);
+    let mut errors = validate::check(&config, checks);
     if errors.is_empty() {
         return Ok(config);
     }

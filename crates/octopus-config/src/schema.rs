@@ -27,12 +27,18 @@ pub struct Config {
 pub struct AdminConfig {
     #[serde(default = "defaults::admin_listen")]
     pub listen: HostPort,
+    /// Let peers other than loopback change the log filter (`PUT /log-level`). Off by
+    /// default: keep admin on loopback and change the level with `kubectl exec` or a
+    /// port-forward.
+    #[serde(default)]
+    pub allow_remote_log_level: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: defaults::admin_listen(),
+            allow_remote_log_level: false,
         }
     }
 }

@@ -6,7 +6,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-/// A duration written with a unit: `250ms`, `2s`, `1.5s`, `1m`, `1h`.
+/// A duration written with a unit: `250ms`, `2s`, `1.5s`, `1m`, `1h`, or Go-style
+/// sums of them (`1m30s`, `1h2m`, `2s500ms`), as `kubectl` and Prometheus users write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Duration(pub std::time::Duration);
 
@@ -23,25 +24,35 @@ impl FromStr for Duration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
-            format!("invalid duration `{s}`: expected a number with a unit (ms, s, m, h), e.g. `250ms` or `2s`")
+            format!("invalid duration `{s}`: expected a number with a unit (ms, s, m, h), e.g. `250ms`, `2s` or `1m30s`")
         };
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let (num, unit) = s.split_at(split);
-        if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
+        let mut rest = s.trim();
+        if rest.is_empty() {
             return Err(bad());
         }
-        let value: f64 = num.parse().map_err(|_| bad())?;
-        let scale = match unit {
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        let secs = value * scale;
+        let mut secs = 0.0;
+        while !rest.is_empty() {
+            let split = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .ok_or_else(bad)?;
+            let (num, tail) = rest.split_at(split);
+            if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
+                return Err(bad());
+            }
+            let value: f64 = num.parse().map_err(|_| bad())?;
+            let unit_len = tail
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(tail.len());
+            let scale = match &tail[..unit_len] {
+                "ms" => 1e-3,
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                _ => return Err(bad()),
+            };
+            secs += value * scale;
+            rest = &tail[unit_len..];
+        }
         if !secs.is_finite() || secs > 365.0 * 24.0 * 3600.0 {
             return Err(format!("invalid duration `{s}`: too large"));
         }
@@ -309,9 +320,9 @@ macro_rules! string_schema {
 
 string_schema!(Duration, "Duration", {
     "type": "string",
-    "pattern": "^[0-9]+(\\.[0-9]+)?(ms|s|m|h)$",
-    "description": "A duration with a unit: 250ms, 2s, 1.5s, 1m, 1h",
-    "examples": ["250ms", "2s"]
+    "pattern": "^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$",
+    "description": "A duration with a unit: 250ms, 2s, 1.5s, 1m, 1h, or a sum such as 1m30s",
+    "examples": ["250ms", "2s", "1m30s"]
 });
 string_schema!(HostPort, "Address", {
     "type": "string",
@@ -351,7 +362,15 @@ mod tests {
         assert_eq!("2s".parse::<Duration>().unwrap().get().as_secs(), 2);
         assert_eq!("1.5s".parse::<Duration>().unwrap().get().as_millis(), 1500);
         assert_eq!("1m".parse::<Duration>().unwrap().get().as_secs(), 60);
-        for bad in ["", "5", "s", "5x", "-1s", "1.s", ".5s", "1e3s", "5 s"] {
+        assert_eq!("1m30s".parse::<Duration>().unwrap().get().as_secs(), 90);
+        assert_eq!("1h2m3s".parse::<Duration>().unwrap().get().as_secs(), 3723);
+        assert_eq!(
+            "2s500ms".parse::<Duration>().unwrap().get().as_millis(),
+            2500
+        );
+        for bad in [
+            "", "5", "s", "5x", "-1s", "1.s", ".5s", "1e3s", "5 s", "1m30", "1m 30s", "1mx",
+        ] {
             assert!(bad.parse::<Duration>().is_err(), "{bad}");
         }
         assert_eq!(Duration::from_millis(2000).to_string(), "2s");

@@ -1,10 +1,15 @@
 //! Notices edits of the control file. The file's directory is watched rather than the
 //! file itself, because the two ways operators replace it both swap directory entries:
 //! editors write a temporary file and rename it over the old one, and Kubernetes
-//! ConfigMaps re-point a `..data` symlink. Events are debounced; the caller re-reads
-//! the file and compares digests, so spurious events cost one read.
+//! ConfigMaps re-point a `..data` symlink. Only events that name the config file, its
+//! symlink target in the same directory, or `..data` count: a log file or an editor's
+//! swap file beside the config must not trigger reloads (with debug logging to a file
+//! in the config's directory, every reload's own log lines were an event, a loop).
+//! Events are debounced; the caller re-reads the file and compares digests, so spurious
+//! events cost one read.
 
 use notify::{RecursiveMode, Watcher};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -29,11 +34,12 @@ impl ConfigWatcher {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        let names = watched_names(path);
         let (tx, events) = mpsc::channel(1);
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                 if let Ok(ev) = res {
-                    if !ev.kind.is_access() {
+                    if !ev.kind.is_access() && concerns(&ev, &names) {
                         // A full channel already holds a pending notice: nothing is lost.
                         let _ = tx.try_send(());
                     }
@@ -50,7 +56,37 @@ impl ConfigWatcher {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
 
+/// The directory entries whose changes can change what `path` reads: the file itself,
+/// the target of a symlink in the same directory (`octopus.yaml -> live.yaml`), and
+/// Kubernetes' `..data` (a ConfigMap swaps it; `octopus.yaml -> ..data/octopus.yaml`).
+fn watched_names(path: &Path) -> Vec<OsString> {
+    let mut names: Vec<OsString> = path.file_name().map(OsString::from).into_iter().collect();
+    names.push(OsString::from("..data"));
+    if let Ok(target) = std::fs::read_link(path) {
+        // The first component of a relative target lives in the watched directory.
+        if let Some(std::path::Component::Normal(first)) = target.components().next() {
+            if target.is_relative() {
+                names.push(first.to_os_string());
+            }
+        }
+    }
+    names
+}
+
+/// Whether an event may have changed the config: it names one of the watched entries,
+/// or names nothing (an overflowed queue or rescan: better one spare read).
+fn concerns(ev: &notify::Event, names: &[OsString]) -> bool {
+    ev.need_rescan()
+        || ev.paths.is_empty()
+        || ev.paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|n| names.iter().any(|w| w.as_os_str() == n))
+        })
+}
+
+impl ConfigWatcher {
     /// Waits for the next burst of changes to settle. `None` if the watcher stopped.
     pub async fn changed(&mut self) -> Option<()> {
         self.events.recv().await?;
@@ -115,6 +151,44 @@ mod tests {
             .unwrap()
             .is_some());
         assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "..v2");
+    }
+
+    #[tokio::test]
+    async fn other_files_in_the_directory_are_ignored() {
+        let d = temp_dir("neighbours");
+        let cfg = d.join("octopus.yaml");
+        std::fs::write(&cfg, "a").unwrap();
+        let mut w = ConfigWatcher::new(&cfg).unwrap();
+        // A log file and an editor's swap file beside the config: 50 writes, no event.
+        for i in 0..50 {
+            std::fs::write(d.join("octopus.log"), format!("line {i}\n")).unwrap();
+            std::fs::write(d.join(".octopus.yaml.swx"), "x").unwrap();
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(600), w.changed())
+                .await
+                .is_err(),
+            "writes to other files must not count as config changes"
+        );
+        // The config itself still does.
+        std::fs::write(&cfg, "b").unwrap();
+        assert!(tokio::time::timeout(Duration::from_secs(5), w.changed())
+            .await
+            .unwrap()
+            .is_some());
+    }
+
+    #[tokio::test]
+    async fn an_edit_of_the_symlinked_file_counts() {
+        let d = temp_dir("symlink");
+        std::fs::write(d.join("live.yaml"), "a").unwrap();
+        std::os::unix::fs::symlink("live.yaml", d.join("octopus.yaml")).unwrap();
+        let mut w = ConfigWatcher::new(&d.join("octopus.yaml")).unwrap();
+        std::fs::write(d.join("live.yaml"), "b").unwrap();
+        assert!(tokio::time::timeout(Duration::from_secs(5), w.changed())
+            .await
+            .unwrap()
+            .is_some());
     }
 
     #[tokio::test]

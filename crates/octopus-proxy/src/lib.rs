@@ -38,6 +38,7 @@ use std::sync::Arc;
 pub use error::ProxyError;
 pub use proxy::{Proxy, ReloadError, StartError};
 
+pub use admin::LogControl;
 pub use boxed::BoxService;
 
 /// State shared by every connection of one proxy.
@@ -52,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) inbound_requests: Arc<admission::Admission>,
     /// Each side's share of file descriptors.
     pub(crate) descriptors: descriptors::Budget,
+    /// The process' log filter, when the binary hands one in (`/log-level`).
+    pub(crate) log_control: std::sync::OnceLock<Arc<dyn admin::LogControl>>,
 }
 
 impl Shared {

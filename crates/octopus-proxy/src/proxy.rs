@@ -136,9 +136,9 @@ fn spawn(kind: Kind, l: TcpListener, configured: HostPort, shared: &Arc<Shared>)
             metrics,
             stop_rx,
             listener::Fixed,
-            move |req, _conn| {
+            move |req, conn| {
                 let sh = sh.clone();
-                async move { admin::handle(&sh, &req) }
+                async move { admin::handle(&sh, req, conn.peer).await }
             },
         )),
         Kind::Traffic(dir) => {
@@ -259,6 +259,7 @@ impl Proxy {
             outbound_requests: crate::admission::Admission::new(),
             inbound_requests: crate::admission::Admission::new(),
             descriptors,
+            log_control: std::sync::OnceLock::new(),
         });
         let source: std::sync::Weak<dyn octopus_metrics::EndpointSource> =
             Arc::downgrade(&shared) as _;
@@ -302,6 +303,12 @@ impl Proxy {
     }
     pub fn inbound_addr(&self) -> Option<SocketAddr> {
         self.local(Kind::INBOUND)
+    }
+
+    /// Lets the admin port's `/log-level` read and change the process' log filter.
+    /// Only the first control given is kept (one process, one filter).
+    pub fn set_log_control(&self, control: Arc<dyn crate::admin::LogControl>) {
+        let _ = self.shared.log_control.set(control);
     }
 
     /// The drain deadline of the config serving now (it may have been reloaded).

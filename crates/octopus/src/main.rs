@@ -42,10 +42,13 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
-        eprintln!("octopus: {e}");
-        return ExitCode::from(2);
-    }
+    let log_filter = match logging::init(cli.log_format, cli.log_level.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("octopus: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let command = match cli.command {
         Some(c) => c,
         // `octopus` alone is `octopus run`, with run's defaults and environment variables.
@@ -56,7 +59,7 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        cli::Command::Run(args) => run::run(args),
+        cli::Command::Run(args) => run::run(args, log_filter),
         cli::Command::Validate(args) => run::validate(&args),
         cli::Command::Cert(cli::CertCommand::Inspect { file }) => run::inspect(&file),
         cli::Command::Schema => {

@@ -1,4 +1,4 @@
-use crate::cli::{ConfigArg, RunArgs};
+use crate::cli::{RunArgs, ValidateArgs};
 use octopus_config::Config;
 use octopus_metrics::Metrics;
 use octopus_proxy::cluster::SystemResolver;
@@ -36,10 +36,36 @@ pub fn inspect(file: &std::path::Path) -> ExitCode {
     }
 }
 
-pub fn validate(args: &ConfigArg) -> ExitCode {
-    match octopus_config::load_file(&args.config) {
+pub fn validate(args: &ValidateArgs) -> ExitCode {
+    let checks = octopus_config::Checks {
+        offline: args.offline,
+    };
+    let from_stdin = args.config.as_os_str() == "-";
+    let origin = if from_stdin {
+        "<stdin>".to_string()
+    } else {
+        args.config.display().to_string()
+    };
+    let text = if from_stdin {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(&args.config)
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{origin}: cannot read file: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match octopus_config::load_str_with(&text, &origin, checks) {
         Ok(config) => {
-            println!("{}: OK: {}", args.config.display(), config.summary());
+            let offline = if args.offline {
+                " (offline: TLS files not opened)"
+            } else {
+                ""
+            };
+            println!("{origin}: OK: {}{offline}", config.summary());
             for line in split_report(&config) {
                 println!("  {line}");
             }
@@ -78,7 +104,7 @@ fn split_report(config: &Config) -> Vec<String> {
         .collect()
 }
 
-pub fn run(args: RunArgs) -> ExitCode {
+pub fn run(args: RunArgs, log_filter: Arc<crate::logging::LogFilter>) -> ExitCode {
     let path = args.config.config;
     let (config, digest) = match octopus_config::load_file_with_digest(&path) {
         Ok(loaded) => loaded,
@@ -140,6 +166,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        proxy.set_log_control(log_filter);
         signals.serve_until_shutdown(&proxy, &path).await;
         let drain = proxy.drain_timeout();
         tracing::info!(?drain, "shutting down: draining in-flight requests");

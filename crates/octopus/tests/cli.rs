@@ -123,6 +123,79 @@ fn validate_reports_each_kind_of_error_with_line_and_path() {
     assert!(stderr.contains("cannot read file"), "{stderr}");
 }
 
+fn validate_with(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .arg("validate")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn validate_offline_from_stdin_with_go_durations_and_suggestions() {
+    // TLS files that exist only inside the pod: refused normally, checked otherwise
+    // with --offline.
+    let tls = "clusters:\n  c:\n    endpoints: [127.0.0.1:8080]\n    tls: { cert: /pod/tls.crt, key: /pod/tls.key, ca: /pod/ca.crt, server_identity: spiffe://x/y }\n";
+    let path = temp_config("offline.yaml", tls);
+    let (code, _, stderr) = validate(&path);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot read `/pod/tls.crt`"), "{stderr}");
+    let (code, stdout, stderr) =
+        validate_with(&["--offline", "--config", path.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("OK") && stdout.contains("offline"),
+        "{stdout}"
+    );
+    // --offline still checks everything else.
+    let broken = tls.replace("127.0.0.1:8080", "127.0.0.1");
+    let (code, _, stderr) = validate_with(&["--offline", "--config", "-"], Some(&broken));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("<stdin>") && stderr.contains("invalid address"),
+        "{stderr}"
+    );
+
+    // `--config -` reads the file from standard input; Go-style durations are accepted.
+    let good = "outbound:\n  listen: 127.0.0.1:15001\n  routes:\n    - { name: a, match: { host: a }, cluster: payments, timeout: 1m30s }\nclusters:\n  payments:\n    endpoints: [127.0.0.1:8080]\n";
+    let (code, stdout, stderr) = validate_with(&["--config", "-"], Some(good));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("<stdin>: OK: 1 route(s)"), "{stdout}");
+
+    // Typos get a suggestion: a key, and a cluster name.
+    let typo = good.replace("match: { host: a }", "match: { hots: a }");
+    let (code, _, stderr) = validate_with(&["--config", "-"], Some(&typo));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("unknown field `hots`") && stderr.contains("did you mean `host`?"),
+        "{stderr}"
+    );
+    let typo = good.replace("cluster: payments", "cluster: payment");
+    let (code, _, stderr) = validate_with(&["--config", "-"], Some(&typo));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("unknown cluster `payment`; did you mean `payments`?"),
+        "{stderr}"
+    );
+    let typo = good.replace("1m30s", "1m30");
+    let (code, _, stderr) = validate_with(&["--config", "-"], Some(&typo));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("invalid duration `1m30`"), "{stderr}");
+}
+
 #[test]
 fn version_flag() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
@@ -251,6 +324,55 @@ async fn streamed_10mib_bodies_keep_proxy_memory_bounded() {
         growth < 8 * 1024,
         "proxy peak memory grew by {growth} KiB while streaming 10 MiB bodies"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_is_shown_and_changed_at_run_time() {
+    let up = Upstream::start("up").await;
+    let config = proxy_config("log-level.yaml", up.addr(), "1s");
+    let daemon = start_daemon(&config);
+    let c = client();
+    let (status, before) = send(&c, daemon.admin, "GET", "/log-level", Bytes::new()).await;
+    assert_eq!(status, 200);
+    assert!(!before.is_empty());
+    let (status, now) = send(
+        &c,
+        daemon.admin,
+        "PUT",
+        "/log-level",
+        Bytes::from("octopus_proxy=debug,info"),
+    )
+    .await;
+    assert_eq!(status, 200, "{now:?}");
+    let now = String::from_utf8_lossy(&now).into_owned();
+    assert!(
+        now.contains("octopus_proxy=debug") && now.contains("info"),
+        "{now}"
+    );
+    let (_, shown) = send(&c, daemon.admin, "GET", "/log-level", Bytes::new()).await;
+    assert_eq!(String::from_utf8_lossy(&shown), now);
+    // A bad filter is refused and the old one stays.
+    let (status, why) = send(
+        &c,
+        daemon.admin,
+        "PUT",
+        "/log-level",
+        Bytes::from("octopus_proxy=loud"),
+    )
+    .await;
+    assert_eq!(status, 400, "{why:?}");
+    assert!(
+        String::from_utf8_lossy(&why).contains("invalid filter"),
+        "{why:?}"
+    );
+    let (status, _) = send(&c, daemon.admin, "PUT", "/log-level", Bytes::new()).await;
+    assert_eq!(status, 400);
+    let (_, shown) = send(&c, daemon.admin, "GET", "/log-level", Bytes::new()).await;
+    assert_eq!(String::from_utf8_lossy(&shown), now);
+    let (status, _) = send(&c, daemon.admin, "DELETE", "/log-level", Bytes::new()).await;
+    assert_eq!(status, 405);
+    // Traffic is unaffected.
+    assert_eq!(upstream_name(daemon.outbound).await, "up");
 }
 
 async fn admin_json(addr: SocketAddr, path: &str) -> serde_json::Value {
