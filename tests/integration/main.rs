@@ -1,6 +1,7 @@
 //! End-to-end tests: octopus on ephemeral 127.0.0.1 ports in front of real upstreams.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod access_log;
 mod admin;
 mod balancing;
 mod chaos;

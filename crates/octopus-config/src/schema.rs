@@ -78,8 +78,30 @@ pub struct OutboundConfig {
     /// always dropped, whatever this says.
     #[serde(default)]
     pub headers_with_underscores: UnderscoreHeaders,
+    /// One JSON line per request, written off the request path (off by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+}
+
+/// `outbound.access_log` / `inbound.access_log`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// `stdout`, or a file octopus appends to (created if missing).
+    pub path: String,
+    /// Share of requests logged, 0.0-1.0 (each request drawn at random).
+    #[serde(default = "defaults::sample")]
+    pub sample: f64,
+    /// Log the query string with the path; `false` logs the path alone (queries often
+    /// carry tokens and personal data).
+    #[serde(default = "defaults::yes")]
+    pub include_query: bool,
+    /// A file is renamed to `PATH.1` (replacing an older one) and reopened once it
+    /// grows past this many bytes; unset: never (use logrotate and SIGUSR1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
@@ -256,6 +278,9 @@ pub struct InboundConfig {
     /// connections, pending and in-progress requests. Always on for inbound.
     #[serde(default = "defaults::inbound_limits")]
     pub circuit_breaker: CircuitBreakerConfig,
+    /// One JSON line per request, written off the request path (off by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogConfig>,
     pub forward_to: HostPort,
     #[serde(default)]
     pub app_protocol: Protocol,
@@ -481,6 +506,9 @@ mod defaults {
     }
     pub fn max_replay_bytes() -> u32 {
         64 * 1024
+    }
+    pub fn sample() -> f64 {
+        1.0
     }
     pub fn yes() -> bool {
         true

@@ -22,6 +22,10 @@ pub(crate) fn check(c: &Config, checks: Checks) -> Vec<ConfigError> {
     v.listeners(c);
     if let Some(out) = &c.outbound {
         v.routes(out, c);
+        v.access_log("outbound.access_log", out.access_log.as_ref());
+    }
+    if let Some(inb) = &c.inbound {
+        v.access_log("inbound.access_log", inb.access_log.as_ref());
     }
     if let Some(inb) = &c.inbound {
         if let Some(tls) = &inb.tls {
@@ -79,6 +83,28 @@ impl Checker {
         }
         if let Err(e) = std::fs::File::open(file) {
             self.err(path, format!("cannot read `{file}`: {e}"));
+        }
+    }
+
+    fn access_log(&mut self, p: &str, log: Option<&AccessLogConfig>) {
+        let Some(log) = log else { return };
+        if log.path.trim().is_empty() {
+            self.err(format!("{p}.path"), "`stdout` or a file path");
+        }
+        if !(0.0..=1.0).contains(&log.sample) {
+            self.err(
+                format!("{p}.sample"),
+                format!("{}: must be between 0.0 and 1.0", log.sample),
+            );
+        }
+        if log.max_bytes.is_some_and(|b| b < 4096) {
+            self.err(format!("{p}.max_bytes"), "must be at least 4096");
+        }
+        if log.max_bytes.is_some() && log.path == "stdout" {
+            self.err(
+                format!("{p}.max_bytes"),
+                "stdout cannot be rotated; set a file `path`",
+            );
         }
     }
 

@@ -32,6 +32,8 @@ pub struct Metrics {
     proxy_errors_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
     pub config_generation: IntGauge,
+    pub access_log_lines_total: IntCounterVec,
+    pub access_log_dropped_total: IntCounter,
     pub connections_total: IntCounterVec,
     pub connections_active: IntGaugeVec,
     pub listener_overflow_total: IntCounterVec,
@@ -113,6 +115,18 @@ impl Metrics {
                 IntGauge::new(
                     "octopus_config_generation",
                     "Generation of the config now serving; 1 at start, +1 per successful reload.",
+                )
+                .expect("static metric definition"),
+            ),
+            access_log_lines_total: f.counters(
+                "octopus_access_log_lines_total",
+                "Access-log lines written, by listener direction.",
+                &["direction"],
+            ),
+            access_log_dropped_total: f.register(
+                IntCounter::new(
+                    "octopus_access_log_dropped_total",
+                    "Access-log lines dropped because the writer's queue was full (traffic is never held up for a log line).",
                 )
                 .expect("static metric definition"),
             ),
@@ -225,6 +239,7 @@ impl Metrics {
         }
         for side in ["outbound", "inbound"] {
             m.descriptors_refused_total.with_label_values(&[side]);
+            m.access_log_lines_total.with_label_values(&[side]);
         }
         Arc::new(m)
     }
@@ -281,6 +296,15 @@ impl TargetMetrics {
     pub fn record(&self, status: u16, elapsed: Duration) {
         self.duration.observe(elapsed.as_secs_f64());
         self.counter(status).inc();
+    }
+
+    /// Creates this target's `octopus_proxy_errors_total` series for `kinds` at 0, so
+    /// `increase()` and alerts see the first burst of a kind that never happened before.
+    pub fn touch_errors(&self, kinds: &[&str]) {
+        let [d, r, c] = &*self.labels;
+        for kind in kinds {
+            self.errors.with_label_values(&[d.as_str(), r, c, kind]);
+        }
     }
 
     /// Counts one error of `kind` in `octopus_proxy_errors_total`. Errors are the rare

@@ -12,7 +12,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -202,15 +202,26 @@ pub struct ClientBodyError {
 /// Shared between a request's [`FromClient`] body and the layers below it (a request
 /// extension): the endpoint learns that a failed exchange was the client's fault even
 /// when the upstream client reports only its own error (an HTTP/2 stream it reset).
+/// It also counts the bytes the client sent, for the access log.
 #[derive(Debug, Clone, Default)]
-pub struct ClientBodyWatch(Arc<AtomicU8>);
+pub struct ClientBodyWatch(Arc<WatchState>);
+
+#[derive(Debug, Default)]
+struct WatchState {
+    fault: AtomicU8,
+    bytes: AtomicU64,
+}
 
 impl ClientBodyWatch {
     pub fn fault(&self) -> Option<ClientBodyFault> {
-        ClientBodyFault::from_code(self.0.load(Ordering::Acquire))
+        ClientBodyFault::from_code(self.0.fault.load(Ordering::Acquire))
     }
     fn set(&self, f: ClientBodyFault) {
-        self.0.store(f.code(), Ordering::Release);
+        self.0.fault.store(f.code(), Ordering::Release);
+    }
+    /// Body bytes received from the client so far.
+    pub fn bytes(&self) -> u64 {
+        self.0.bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -288,6 +299,12 @@ where
         };
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.watch
+                        .0
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
                 if let (Some(left), Some(data)) = (this.left.as_mut(), frame.data_ref()) {
                     let n = data.len() as u64;
                     if n > *left {

@@ -18,6 +18,29 @@ pub const NONE_LABEL: &str = "none";
 #[error("{0}")]
 pub struct CompileError(pub String);
 
+/// Every value [`ProxyError::kind`] can return: the `kind` label values of
+/// `octopus_proxy_errors_total`, whose series exist from start-up at 0.
+pub const ERROR_KINDS: [&str; 18] = [
+    "no_route",
+    "no_healthy_endpoint",
+    "circuit_open",
+    "connect_failed",
+    "upstream_reset",
+    "bad_response",
+    "timeout",
+    "bad_request",
+    "identity_mismatch",
+    "identity_not_allowed",
+    "client_aborted",
+    "body_too_large",
+    "request_body_timeout",
+    "connect_unsupported",
+    "unsupported_transfer_coding",
+    "overloaded",
+    "rate_limited",
+    "internal",
+];
+
 /// nginx's "client closed request": recorded, never sent.
 pub const CLIENT_CLOSED: u16 = 499;
 
@@ -262,5 +285,81 @@ impl ProxyError {
             resp.body_mut().set_served_by(c.clone());
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_listed() {
+        let c: Arc<str> = "c".into();
+        let ep: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let src = || -> BoxError { "x".into() };
+        let mut all = vec![
+            ProxyError::NoRoute,
+            ProxyError::NoHealthyEndpoint { cluster: c.clone() },
+            ProxyError::ConnectFailed {
+                cluster: c.clone(),
+                endpoint: ep,
+                source: src(),
+            },
+            ProxyError::UpstreamReset {
+                cluster: c.clone(),
+                endpoint: ep,
+                source: src(),
+            },
+            ProxyError::CircuitOpen {
+                cluster: c.clone(),
+                limit: "max_requests",
+            },
+            ProxyError::BadResponse {
+                cluster: c.clone(),
+                reason: "r",
+            },
+            ProxyError::IdentityMismatch {
+                cluster: c.clone(),
+                endpoint: ep,
+            },
+            ProxyError::IdentityNotAllowed,
+            ProxyError::Timeout { cluster: None },
+            ProxyError::BadRequest("b"),
+            ProxyError::ConnectUnsupported,
+            ProxyError::UnsupportedTransferCoding,
+            ProxyError::Internal("i"),
+            ProxyError::RateLimited {
+                retry_after: std::time::Duration::from_secs(1),
+            },
+            ProxyError::Overloaded {
+                listener: "outbound",
+            },
+        ];
+        for fault in [
+            ClientBodyFault::Aborted,
+            ClientBodyFault::Malformed,
+            ClientBodyFault::TooLarge,
+            ClientBodyFault::Stalled,
+        ] {
+            all.push(ProxyError::ClientBody {
+                fault,
+                source: None,
+            });
+        }
+        for e in &all {
+            assert!(
+                ERROR_KINDS.contains(&e.kind()),
+                "{} is not in ERROR_KINDS",
+                e.kind()
+            );
+        }
+        let mut kinds: Vec<&str> = all.iter().map(ProxyError::kind).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(
+            kinds.len(),
+            ERROR_KINDS.len(),
+            "ERROR_KINDS lists a kind no error has"
+        );
     }
 }

@@ -2,8 +2,10 @@
 //! the route's service stack, turn errors into responses, record metrics, and splice
 //! upgraded (WebSocket) connections.
 
+use crate::access_log::{AccessLog, Record};
 use crate::body::{self, Body, ClientBodyFault, ClientBodyWatch, FromClient};
 use crate::error::ProxyError;
+use crate::exchange::Exchange;
 use crate::headers;
 use crate::listener::ConnInfo;
 use crate::snapshot::{Inbound, Route, NONE_LABEL};
@@ -14,7 +16,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use octopus_config::UnderscoreHeaders;
 use octopus_metrics::TargetMetrics;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 /// The verified identity of an inbound mTLS peer, as the app receives it.
 pub const PEER_IDENTITY: &str = "x-octopus-peer-identity";
@@ -60,15 +62,125 @@ impl Target<'_> {
     }
 }
 
+/// What the handler learns about a request on its way, for its access-log line and
+/// its error response.
+#[derive(Default)]
+struct Note {
+    /// Set when octopus answered for itself.
+    error: Option<(&'static str, crate::error::Fault)>,
+    cluster: Option<std::sync::Arc<str>>,
+    route: Option<std::sync::Arc<str>>,
+    client_body: Option<ClientBodyWatch>,
+}
+
 pub(crate) async fn handle(
     shared: &Shared,
     dir: Direction,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
     let start = Instant::now();
     // One lock-free load per request; the Arc keeps this config alive until we finish.
     let snap = shared.snapshot.load_full();
+    let scan = headers::scan(req.headers());
+    let request_id = headers::request_id(&scan);
+    let log = access_log(&snap, dir).filter(|l| l.sampled());
+    // A request being logged carries a record its tries fill in (endpoint, attempts).
+    let exchange = log.map(|_| {
+        let x = Exchange::default();
+        req.extensions_mut().insert(x.clone());
+        x
+    });
+    let mut line = log.map(|log| Pending {
+        log: log.clone(),
+        record: Some(Record {
+            start: SystemTime::now(),
+            direction: dir.name(),
+            route: NONE_LABEL.into(),
+            cluster: None,
+            endpoint: None,
+            client: conn.peer,
+            method: req.method().clone(),
+            authority: req.uri().authority().cloned().or_else(|| {
+                scan.host
+                    .as_ref()
+                    .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+            }),
+            path: req.uri().path_and_query().cloned(),
+            protocol: req.version(),
+            status: crate::error::CLIENT_CLOSED,
+            error: Some("client_aborted"),
+            fault: Some("client"),
+            attempts: 0,
+            duration: Duration::ZERO,
+            upstream: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            request_id: Some(request_id.clone()),
+            trace_id: None,
+            peer_identity: conn.identity.clone(),
+        }),
+        start,
+        exchange,
+        client_body: None,
+    });
+    let mut note = Note::default();
+    let mut resp = respond(
+        shared,
+        &snap,
+        (dir, conn, start, scan, &request_id),
+        req,
+        &mut note,
+    )
+    .await;
+    if note.error.is_some() {
+        // octopus' own answers name the request, so a client's report can be found.
+        resp.headers_mut().insert(headers::REQUEST_ID, request_id);
+    }
+    match line.take() {
+        Some(mut pending) => {
+            if let Some(rec) = pending.record.as_mut() {
+                rec.status = resp.status().as_u16();
+                rec.route = note.route.unwrap_or_else(|| NONE_LABEL.into());
+                rec.cluster = cluster_of(&resp).or(note.cluster);
+                rec.error = note.error.map(|(kind, _)| kind);
+                rec.fault = note.error.map(|(_, fault)| fault.name());
+                if let Some(watch) = &note.client_body {
+                    pending.client_body = Some(watch.clone());
+                }
+            }
+            resp.map(|b| Body::new(Logged { inner: b, pending }))
+        }
+        None => resp,
+    }
+}
+
+fn access_log(snap: &crate::snapshot::Snapshot, dir: Direction) -> Option<&AccessLog> {
+    match dir {
+        Direction::Outbound => snap.outbound.as_ref()?.access_log.as_ref(),
+        Direction::Inbound => snap.inbound.as_ref()?.access_log.as_ref(),
+    }
+}
+
+/// Routes a request and forwards it, or answers for octopus: the request path proper.
+async fn respond(
+    shared: &Shared,
+    snap: &crate::snapshot::Snapshot,
+    (dir, conn, start, scan, request_id): (
+        Direction,
+        &ConnInfo,
+        Instant,
+        headers::Scan,
+        &HeaderValue,
+    ),
+    req: Request<Incoming>,
+    note: &mut Note,
+) -> Response<Body> {
+    let report = |e: &ProxyError, route: &str| {
+        shared
+            .failures
+            .report(e, dir.name(), route, request_id.to_str().unwrap_or("-"))
+    };
     let (early, limits) = match dir {
         Direction::Outbound => match (snap.outbound.as_ref(), snap.config.outbound.as_ref()) {
             (Some(out), Some(cfg)) => (&out.no_route, cfg.limits()),
@@ -81,17 +193,22 @@ pub(crate) async fn handle(
     };
     let Some(admitted) = shared.admission(dir).admit(limits.max_requests) else {
         let listener = dir.name();
-        return fail(ProxyError::Overloaded { listener }, early, start);
+        return fail(
+            ProxyError::Overloaded { listener },
+            early,
+            start,
+            note,
+            &report,
+        );
     };
     // Checked before routing: the authority must be one octopus can route on and
     // forward unchanged, and CONNECT would ask for a raw tunnel.
     if req.method() == Method::CONNECT {
-        return fail(ProxyError::ConnectUnsupported, early, start);
+        return fail(ProxyError::ConnectUnsupported, early, start, note, &report);
     }
-    let scan = headers::scan(req.headers());
     let authority = match headers::authority(&req, &scan) {
         Ok(a) => a,
-        Err(e) => return fail(e, early, start),
+        Err(e) => return fail(e, early, start, note, &report),
     };
     let target = match dir {
         Direction::Outbound => {
@@ -102,14 +219,18 @@ pub(crate) async fn handle(
                 .and_then(|o| o.router.find(host, &req))
             {
                 Some(route) => Target::Route(route),
-                None => return fail(ProxyError::NoRoute, early, start),
+                None => return fail(ProxyError::NoRoute, early, start, note, &report),
             }
         }
         Direction::Inbound => match snap.inbound.as_ref() {
             Some(inb) => Target::Inbound(inb),
-            None => return fail(ProxyError::NoRoute, early, start),
+            None => return fail(ProxyError::NoRoute, early, start, note, &report),
         },
     };
+    note.route = Some(match &target {
+        Target::Route(r) => r.name.clone(),
+        Target::Inbound(_) => crate::snapshot::INBOUND_ROUTE.into(),
+    });
     // From here a request that ends without an answer (the client went away) is
     // recorded as 499 client_aborted when its future is dropped.
     let mut outcome = Outcome {
@@ -117,8 +238,8 @@ pub(crate) async fn handle(
         start,
         recorded: false,
     };
-    let rules = (authority, scan, limits.headers_with_underscores);
-    let resp = match forward(dir, conn, &target, rules, admitted, req).await {
+    let rules = (authority, scan, limits.headers_with_underscores, request_id);
+    let resp = match forward(dir, conn, &target, rules, admitted, req, note).await {
         Ok(resp) => {
             let cluster = cluster_of(&resp);
             target
@@ -127,22 +248,34 @@ pub(crate) async fn handle(
             resp
         }
         Err(e) => {
-            tracing::debug!(?dir, route = target.name(), error = %e, fault = e.fault().name(), "request failed");
             let metrics = target.metrics_of(&e);
-            fail(e, metrics, start)
+            let route = target.name();
+            fail(e, metrics, start, note, &|e: &ProxyError, _: &str| {
+                report(e, route)
+            })
         }
     };
     outcome.recorded = true;
     resp
 }
 
-/// Records a failure and turns it into the client's answer.
-fn fail(e: ProxyError, metrics: &TargetMetrics, start: Instant) -> Response<Body> {
+/// Records a failure (metrics, a rate-limited log line, the request's note) and turns
+/// it into the client's answer.
+fn fail(
+    e: ProxyError,
+    metrics: &TargetMetrics,
+    start: Instant,
+    note: &mut Note,
+    report: &dyn Fn(&ProxyError, &str),
+) -> Response<Body> {
     if let ProxyError::Internal(why) = &e {
         tracing::error!(why, "internal error; please report it");
     }
     metrics.record(e.recorded_status(), start.elapsed());
     metrics.error(e.kind());
+    report(&e, NONE_LABEL);
+    note.error = Some((e.kind(), e.fault()));
+    note.cluster = e.cluster().cloned();
     e.into_response()
 }
 
@@ -177,13 +310,15 @@ async fn forward(
     dir: Direction,
     conn: &ConnInfo,
     target: &Target<'_>,
-    (authority, scan, underscores): (
+    (authority, scan, underscores, request_id): (
         Option<http::uri::Authority>,
         headers::Scan,
         UnderscoreHeaders,
+        &HeaderValue,
     ),
     admitted: crate::admission::Admitted,
     mut req: Request<Incoming>,
+    note: &mut Note,
 ) -> Result<Response<Body>, ProxyError> {
     if let Target::Inbound(_) = target {
         if conn.tls && !conn.allowed {
@@ -245,6 +380,8 @@ async fn forward(
         }
     }
     headers::append_forwarded_for(req.headers_mut(), &conn.forwarded_for);
+    req.headers_mut()
+        .insert(headers::REQUEST_ID, request_id.clone());
     if let Some(a) = &authority {
         // The upstream sees the authority octopus routed on, in `Host` too. Without a
         // URI authority, `Host` is where it came from: nothing to rewrite.
@@ -267,6 +404,7 @@ async fn forward(
     } else {
         let watch = ClientBodyWatch::default();
         req.extensions_mut().insert(watch.clone());
+        note.client_body = Some(watch.clone());
         req.map(|b| Body::new(FromClient::new(b, max_body, body_timeout, watch)))
     };
 
@@ -314,5 +452,65 @@ async fn tunnel(down: OnUpgrade, up: OnUpgrade, _admitted: crate::admission::Adm
             }
         }
         Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}
+
+/// A request's access-log line, written when its response body ends (or is dropped:
+/// the client went away, recorded as 499 `client_aborted` unless an answer was
+/// already under way).
+struct Pending {
+    log: AccessLog,
+    record: Option<Record>,
+    start: Instant,
+    exchange: Option<Exchange>,
+    client_body: Option<ClientBodyWatch>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(mut rec) = self.record.take() else {
+            return;
+        };
+        rec.duration = self.start.elapsed();
+        if let Some(x) = &self.exchange {
+            rec.attempts = x.attempts();
+            rec.endpoint = x.endpoint();
+            rec.upstream = x.upstream_time();
+        }
+        if let Some(w) = &self.client_body {
+            rec.bytes_in = w.bytes();
+        }
+        self.log.write(rec);
+    }
+}
+
+/// A response body that counts the bytes sent and writes the request's log line when
+/// it is done.
+struct Logged {
+    inner: Body,
+    pending: Pending,
+}
+
+impl http_body::Body for Logged {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let (Some(data), Some(rec)) = (frame.data_ref(), self.pending.record.as_mut()) {
+                rec.bytes_out += data.len() as u64;
+            }
+        }
+        polled
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -24,6 +24,10 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Prefix of the headers octopus itself sets (peer identity, shadow mark, attempts).
 pub const OWN_PREFIX: &str = "x-octopus-";
 pub const FORWARDED_FOR: &str = "x-forwarded-for";
+/// The request's correlation id: kept when the client sent a usable one, else set.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Longest client-sent request id kept; a longer one is replaced.
+const MAX_REQUEST_ID: usize = 200;
 
 /// Names a client may not make octopus remove by listing them in `Connection`, nor
 /// imitate with underscores: what the app is told to trust, and what routing used.
@@ -45,6 +49,9 @@ pub struct Scan {
     pub upgrade: bool,
     /// A name with `_`, or one in octopus' own `x-octopus-` namespace.
     pub suspect: bool,
+    /// The `x-request-id` value, when there is exactly one.
+    pub request_id: Option<HeaderValue>,
+    pub request_ids: usize,
 }
 
 pub fn scan(headers: &HeaderMap) -> Scan {
@@ -57,6 +64,9 @@ pub fn scan(headers: &HeaderMap) -> Scan {
             s.hop_by_hop = true;
             s.transfer_encoding |= name == header::TRANSFER_ENCODING;
             s.upgrade |= name == header::UPGRADE;
+        } else if name == REQUEST_ID {
+            s.request_ids += 1;
+            s.request_id = (s.request_ids == 1).then(|| value.clone());
         } else {
             let n = name.as_str();
             s.suspect |= n.contains('_') || n.starts_with(OWN_PREFIX);
@@ -66,6 +76,23 @@ pub fn scan(headers: &HeaderMap) -> Scan {
         s.host = None;
     }
     s
+}
+
+/// The request's id: the client's `x-request-id` when it sent exactly one of at most
+/// 200 visible ASCII characters (it correlates the client's own logs with ours), else
+/// a new random UUID v4. Not a security token: uniqueness is all it needs, so the
+/// random bits come from a fast thread-local generator, not the OS.
+pub fn request_id(scan: &Scan) -> HeaderValue {
+    if let Some(v) = &scan.request_id {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = id.hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names, except
@@ -323,6 +350,32 @@ pub fn route_host(authority: &http::uri::Authority) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_kept_when_usable_and_made_otherwise() {
+        let id_of = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(REQUEST_ID, HeaderValue::from_str(v).unwrap());
+            }
+            request_id(&scan(&h)).to_str().unwrap().to_string()
+        };
+        assert_eq!(id_of(&["abc-123"]), "abc-123");
+        let made = id_of(&[]);
+        assert_eq!(made.len(), 36);
+        assert_eq!(&made[14..15], "4", "UUID version 4: {made}");
+        assert_ne!(made, id_of(&[]), "each request gets its own");
+        // Two values, an empty one, spaces or an overlong one: replaced.
+        for bad in [
+            vec!["a", "b"],
+            vec![""],
+            vec!["a b"],
+            vec![&*"x".repeat(201)],
+        ] {
+            let got = id_of(&bad);
+            assert_eq!(got.len(), 36, "{bad:?} -> {got}");
+        }
+    }
 
     #[test]
     fn strips_hop_by_hop_and_named_headers() {

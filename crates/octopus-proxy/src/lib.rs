@@ -4,6 +4,7 @@
 //! checks that there is no import cycle.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 mod admin;
 pub mod admission;
 pub mod balance;
@@ -15,6 +16,8 @@ pub mod cluster;
 pub mod descriptors;
 pub mod endpoint;
 pub mod error;
+pub mod exchange;
+mod failure_log;
 pub mod handler;
 pub mod headers;
 pub mod held;
@@ -53,6 +56,8 @@ pub(crate) struct Shared {
     pub(crate) inbound_requests: Arc<admission::Admission>,
     /// Each side's share of file descriptors.
     pub(crate) descriptors: descriptors::Budget,
+    /// Failed requests in the log, one line per kind per interval.
+    pub(crate) failures: failure_log::FailureLog,
     /// The process' log filter, when the binary hands one in (`/log-level`).
     pub(crate) log_control: std::sync::OnceLock<Arc<dyn admin::LogControl>>,
 }

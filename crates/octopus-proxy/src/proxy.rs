@@ -260,6 +260,7 @@ impl Proxy {
             inbound_requests: crate::admission::Admission::new(),
             descriptors,
             log_control: std::sync::OnceLock::new(),
+            failures: Default::default(),
         });
         let source: std::sync::Weak<dyn octopus_metrics::EndpointSource> =
             Arc::downgrade(&shared) as _;
@@ -309,6 +310,16 @@ impl Proxy {
     /// Only the first control given is kept (one process, one filter).
     pub fn set_log_control(&self, control: Arc<dyn crate::admin::LogControl>) {
         let _ = self.shared.log_control.set(control);
+    }
+
+    /// Reopens the access-log files (after logrotate moved them; `SIGUSR1`).
+    pub fn reopen_access_logs(&self) {
+        let snap = self.shared.snapshot.load();
+        let out = snap.outbound.as_ref().and_then(|o| o.access_log.as_ref());
+        let inb = snap.inbound.as_ref().and_then(|i| i.access_log.as_ref());
+        for log in out.into_iter().chain(inb) {
+            log.reopen();
+        }
     }
 
     /// The drain deadline of the config serving now (it may have been reloaded).

@@ -6,6 +6,7 @@
 //! [`Cluster`] whose spec is unchanged is taken over whole; a changed cluster is rebuilt
 //! but takes over the endpoints (pools, counters, health) whose address stays.
 
+use crate::access_log::AccessLog;
 pub use crate::cluster::{BuildContext, Cluster};
 use crate::rate_limit::Bucket;
 use crate::router::{Matcher, Router};
@@ -45,6 +46,7 @@ impl Route {
 pub struct Outbound {
     pub router: Router<Route>,
     pub no_route: TargetMetrics,
+    pub access_log: Option<AccessLog>,
 }
 
 pub struct Inbound {
@@ -58,6 +60,7 @@ pub struct Inbound {
     pub request_body_timeout: Duration,
     pub protocol: Protocol,
     pub metrics: TargetMetrics,
+    pub access_log: Option<AccessLog>,
 }
 
 pub struct Snapshot {
@@ -100,7 +103,7 @@ impl Snapshot {
             None => None,
         };
         let inbound = match &config.inbound {
-            Some(inb) => Some(compile_inbound(inb, previous, ctx).await?),
+            Some(inb) => Some(compile_inbound(inb, previous, outbound.as_ref(), ctx).await?),
             None => None,
         };
         Ok(Snapshot {
@@ -164,9 +167,32 @@ fn compile_outbound(
             Ok((matcher, compile_route(r, clusters, bucket, metrics)?))
         })
         .collect::<Result<Vec<_>, CompileError>>()?;
+    let access_log = out
+        .access_log
+        .as_ref()
+        .map(|spec| AccessLog::compile(spec, "outbound", previous_logs(previous), metrics))
+        .transpose()?;
     Ok(Outbound {
         router: Router::new(routes),
-        no_route: metrics.target("outbound", NONE_LABEL, NONE_LABEL),
+        no_route: target(metrics, "outbound", NONE_LABEL, NONE_LABEL),
+        access_log,
+    })
+}
+
+/// A target's metric handles, with its error series created at 0 for every kind, so
+/// the first burst of a kind is an `increase()` an alert can see.
+fn target(metrics: &Metrics, direction: &str, route: &str, cluster: &str) -> TargetMetrics {
+    let t = metrics.target(direction, route, cluster);
+    t.touch_errors(&crate::error::ERROR_KINDS);
+    t
+}
+
+/// The access logs of the previous snapshot, whose writers a new one may take over.
+fn previous_logs(previous: Option<&Snapshot>) -> impl Iterator<Item = &AccessLog> {
+    previous.into_iter().flat_map(|p| {
+        let out = p.outbound.as_ref().and_then(|o| o.access_log.as_ref());
+        let inb = p.inbound.as_ref().and_then(|i| i.access_log.as_ref());
+        out.into_iter().chain(inb)
     })
 }
 
@@ -205,11 +231,16 @@ fn compile_route(
     });
     let targets: Vec<(Arc<str>, TargetMetrics)> = weighted
         .iter()
-        .map(|(_, c)| (Arc::<str>::from(*c), metrics.target("outbound", &r.name, c)))
+        .map(|(_, c)| {
+            (
+                Arc::<str>::from(*c),
+                target(metrics, "outbound", &r.name, c),
+            )
+        })
         .collect();
     let fallback = match targets.as_slice() {
         [(_, only)] => only.clone(),
-        _ => metrics.target("outbound", &r.name, NONE_LABEL),
+        _ => target(metrics, "outbound", &r.name, NONE_LABEL),
     };
     Ok(Route {
         name: r.name.as_str().into(),
@@ -227,8 +258,19 @@ fn compile_route(
 async fn compile_inbound(
     inb: &InboundConfig,
     previous: Option<&Snapshot>,
+    outbound: Option<&Outbound>,
     ctx: &BuildContext,
 ) -> Result<Inbound, CompileError> {
+    // Both listeners may log to one place: they share its writer.
+    let this_outbound = outbound.and_then(|o| o.access_log.as_ref());
+    let access_log = inb
+        .access_log
+        .as_ref()
+        .map(|spec| {
+            let reusable = this_outbound.into_iter().chain(previous_logs(previous));
+            AccessLog::compile(spec, "inbound", reusable, &ctx.metrics)
+        })
+        .transpose()?;
     let forward_to = inb.forward_to.socket_addr().ok_or_else(|| {
         CompileError(format!(
             "inbound.forward_to {} is not an IP address",
@@ -256,6 +298,7 @@ async fn compile_inbound(
         upgrades: inb.upgrades.clone(),
         request_body_timeout: inb.request_body_timeout.get(),
         protocol: inb.app_protocol,
-        metrics: ctx.metrics.target("inbound", INBOUND_ROUTE, LOCAL_APP),
+        metrics: target(&ctx.metrics, "inbound", INBOUND_ROUTE, LOCAL_APP),
+        access_log,
     })
 }

@@ -186,6 +186,7 @@ mod signals {
         term: Signal,
         int: Signal,
         hup: Signal,
+        usr1: Signal,
     }
 
     impl Signals {
@@ -194,13 +195,19 @@ mod signals {
                 term: signal(SignalKind::terminate())?,
                 int: signal(SignalKind::interrupt())?,
                 hup: signal(SignalKind::hangup())?,
+                usr1: signal(SignalKind::user_defined1())?,
             })
         }
 
-        /// Reloads the config file when it changes on disk or on SIGHUP, until SIGTERM or
-        /// SIGINT arrives.
+        /// Reloads the config file when it changes on disk or on SIGHUP, and reopens the
+        /// access-log files on SIGUSR1 (logrotate), until SIGTERM or SIGINT arrives.
         pub async fn serve_until_shutdown(mut self, proxy: &Proxy, path: &Path) {
-            let Signals { term, int, hup } = &mut self;
+            let Signals {
+                term,
+                int,
+                hup,
+                usr1,
+            } = &mut self;
             // Without a watcher (e.g. inotify limits reached) SIGHUP still works.
             let mut watcher = match ConfigWatcher::new(path) {
                 Ok(w) => {
@@ -217,6 +224,11 @@ mod signals {
                     _ = term.recv() => return,
                     _ = int.recv() => return,
                     _ = hup.recv() => "SIGHUP",
+                    _ = usr1.recv() => {
+                        tracing::info!("SIGUSR1: reopening the access-log files");
+                        proxy.reopen_access_logs();
+                        continue;
+                    }
                     Some(()) = async { match watcher.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => "file change",
                 };
                 let before = proxy.generation();

@@ -15,6 +15,7 @@ pub use pool::{PoolCounters, PoolSettings, PoolStats};
 use crate::body::{self, Body, ClientBodyWatch};
 use crate::circuit_breaker::Circuit;
 use crate::error::{Fault, ProxyError};
+use crate::exchange::Exchange;
 use crate::headers;
 use crate::held::{Held, Release};
 use http::{header, Request, Response, Uri, Version};
@@ -415,7 +416,16 @@ impl tower::Service<Request<Body>> for EndpointService {
             // Set by the client's body when it fails: then the exchange failed
             // because of the client, whatever the upstream client reports.
             let client_body = req.extensions().get::<ClientBodyWatch>().cloned();
+            // Only requests being logged carry an exchange record.
+            let exchange = req.extensions().get::<Exchange>().cloned();
+            let sent = exchange.as_ref().map(|x| {
+                x.try_sent(ep.addr);
+                std::time::Instant::now()
+            });
             let result = ep.pool.send(req).await;
+            if let (Some(x), Some(sent)) = (&exchange, sent) {
+                x.answered(sent.elapsed());
+            }
             let client_fault = client_body.as_ref().and_then(ClientBodyWatch::fault);
             let result = match (result, client_fault) {
                 (Err(e), Some(fault)) => {
