@@ -222,11 +222,11 @@ impl Metrics {
         };
         let build_info = f.gauges(
             "octopus_build_info",
-            "Always 1; labelled with the octopus version.",
-            &["version"],
+            "Always 1; labelled with the octopus version and the git revision it was built from.",
+            &["version", "revision"],
         );
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("OCTOPUS_REVISION")])
             .set(1);
         for c in m.process.collectors() {
             registry
@@ -352,5 +352,14 @@ mod tests {
         assert!(text.contains(r#"octopus_request_duration_seconds_count{cluster="c1",direction="outbound",route="r1"} 3"#));
         assert!(text.contains("process_resident_memory_bytes"));
         assert!(text.contains(r#"octopus_config_reloads_total{result="failure"} 0"#));
+        let build = text
+            .lines()
+            .find(|l| l.starts_with("octopus_build_info{"))
+            .unwrap();
+        assert!(
+            build.contains(r#"revision=""#) && build.ends_with(" 1"),
+            "{build}"
+        );
+        assert!(!build.contains(r#"revision="""#), "{build}");
     }
 }
