@@ -16,4 +16,5 @@ mod reload;
 mod resilience;
 mod rollout;
 mod routing;
+mod tracing;
 mod trust;

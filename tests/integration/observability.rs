@@ -128,6 +128,40 @@ async fn prometheus_scrapes_octopus_and_counts_match_the_traffic() {
     )
     .await
     .is_some());
+    // The dashboard's error ratios read 0, not "No data", while no 5xx has happened
+    // (there is no code="5xx" series at all).
+    for title in [
+        "5xx ratio",
+        "Error ratio (5xx) by route",
+        "Error ratio by cluster",
+    ] {
+        let expr = dashboard_expr(title)
+            .replace("$__rate_interval", "1m")
+            .replace("$job", "octopus")
+            .replace("$split_route", "r");
+        let expr = ["$namespace", "$pod", "$instance", "$route", "$cluster"]
+            .iter()
+            .fold(expr, |e, v| e.replace(v, ".*"));
+        assert_eq!(query(&prom, &expr).await, Some(0.0), "{title}: {expr}");
+    }
+}
+
+/// The first query of the dashboard panel titled `title`.
+fn dashboard_expr(title: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("grafana/octopus-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    fn find(panels: &serde_json::Value, title: &str) -> Option<String> {
+        panels.as_array()?.iter().find_map(|p| {
+            if p["title"] == title {
+                return p["targets"][0]["expr"].as_str().map(str::to_string);
+            }
+            find(&p["panels"], title)
+        })
+    }
+    find(&dash["panels"], title).unwrap_or_else(|| panic!("no panel {title}"))
 }
 
 fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
@@ -311,7 +345,28 @@ fn compose_configs_and_grafana_dashboard_are_valid() {
         "octopus_request_duration_seconds_bucket",
         "octopus_endpoint_ejected",
         "octopus_config_generation",
+        "octopus_proxy_errors_total",
     ] {
         assert!(text.contains(metric), "dashboard does not use {metric}");
     }
+    // Kubernetes users pick a namespace and a pod; every octopus query honours both.
+    let vars: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(
+        vars.contains(&"namespace") && vars.contains(&"pod"),
+        "{vars:?}"
+    );
+    let instance_filters = text.matches(r#"instance=~\"$instance\""#).count();
+    let scoped = text
+        .matches(r#"namespace=~\"$namespace\", pod=~\"$pod\", instance=~\"$instance\""#)
+        .count();
+    assert!(instance_filters > 10);
+    assert_eq!(
+        scoped, instance_filters,
+        "a query filters by instance but not namespace/pod"
+    );
 }

@@ -20,7 +20,7 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use schema::*;
 pub use types::{Duration, HashOn, HostPort, LbPolicy, Protocol, RetryOn};
-pub use validate::Checks;
+pub use validate::{otlp_endpoint, Checks};
 pub use watch::ConfigWatcher;
 
 /// Reads, parses and validates a control file.

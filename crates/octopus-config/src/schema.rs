@@ -20,6 +20,47 @@ pub struct Config {
     /// How long a graceful shutdown waits for in-flight requests.
     #[serde(default = "defaults::drain_timeout")]
     pub drain_timeout: Duration,
+    /// OpenTelemetry spans per request, exported over OTLP (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
+}
+
+/// `tracing:`: a server span per request and a client span per upstream try.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    pub otlp: OtlpConfig,
+    /// Share of new traces recorded (0.0-1.0). Parent-based: a request whose
+    /// `traceparent` says sampled (or not) is recorded (or not) whatever this says.
+    #[serde(default = "defaults::sample")]
+    pub sample_ratio: f64,
+    /// `service.name` of octopus' spans.
+    #[serde(default = "defaults::service_name")]
+    pub service_name: String,
+}
+
+/// Where spans are exported.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// `http://host:port` of the collector (4318 for http/protobuf, 4317 for grpc by
+    /// convention). Plain HTTP: run the collector as a local agent or sidecar.
+    pub endpoint: String,
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+}
+
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+pub enum OtlpProtocol {
+    /// OTLP/HTTP with binary protobuf bodies: POST `/v1/traces`.
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// OTLP/gRPC over HTTP/2 cleartext.
+    #[serde(rename = "grpc")]
+    Grpc,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
@@ -506,6 +547,9 @@ mod defaults {
     }
     pub fn max_replay_bytes() -> u32 {
         64 * 1024
+    }
+    pub fn service_name() -> String {
+        "octopus".into()
     }
     pub fn sample() -> f64 {
         1.0

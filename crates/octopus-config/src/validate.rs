@@ -6,6 +6,19 @@ use crate::schema::*;
 use crate::types::{http_token, HostPort};
 use std::collections::{HashMap, HashSet};
 
+/// The collector's address from `http://host:port[/]`: plain HTTP only.
+pub fn otlp_endpoint(endpoint: &str) -> Result<HostPort, String> {
+    let bad = || {
+        format!("`{endpoint}`: expected http://HOST:PORT, e.g. http://127.0.0.1:4318 (https is not supported: run the collector as a local agent)")
+    };
+    let rest = endpoint.strip_prefix("http://").ok_or_else(bad)?;
+    let hostport = rest.strip_suffix('/').unwrap_or(rest);
+    if hostport.contains('/') {
+        return Err(bad());
+    }
+    hostport.parse::<HostPort>().map_err(|_| bad())
+}
+
 /// What the checks may touch outside the file's text.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Checks {
@@ -52,6 +65,9 @@ pub(crate) fn check(c: &Config, checks: Checks) -> Vec<ConfigError> {
     }
     for (name, cluster) in &c.clusters {
         v.cluster(name, cluster);
+    }
+    if let Some(t) = &c.tracing {
+        v.tracing(t);
     }
     v.errors
 }
@@ -105,6 +121,21 @@ impl Checker {
                 format!("{p}.max_bytes"),
                 "stdout cannot be rotated; set a file `path`",
             );
+        }
+    }
+
+    fn tracing(&mut self, t: &TracingConfig) {
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            self.err(
+                "tracing.sample_ratio",
+                format!("{}: must be between 0.0 and 1.0", t.sample_ratio),
+            );
+        }
+        if t.service_name.trim().is_empty() {
+            self.err("tracing.service_name", "must not be empty");
+        }
+        if let Err(why) = otlp_endpoint(&t.otlp.endpoint) {
+            self.err("tracing.otlp.endpoint", why);
         }
     }
 

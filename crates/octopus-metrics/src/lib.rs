@@ -34,6 +34,7 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     pub access_log_lines_total: IntCounterVec,
     pub access_log_dropped_total: IntCounter,
+    pub trace_spans_total: IntCounterVec,
     pub connections_total: IntCounterVec,
     pub connections_active: IntGaugeVec,
     pub listener_overflow_total: IntCounterVec,
@@ -129,6 +130,11 @@ impl Metrics {
                     "Access-log lines dropped because the writer's queue was full (traffic is never held up for a log line).",
                 )
                 .expect("static metric definition"),
+            ),
+            trace_spans_total: f.counters(
+                "octopus_trace_spans_total",
+                "Spans by fate: exported to the collector, dropped (export queue full), or export_failed (the collector refused or could not be reached).",
+                &["result"],
             ),
             upstream_connections_opened_total: f.counters(
                 "octopus_upstream_connections_opened_total",
@@ -234,6 +240,9 @@ impl Metrics {
                 .expect("metric families have distinct names");
         }
         // Series that exist from the start, so alerts on `increase(...)` see them.
+        for r in ["exported", "dropped", "export_failed"] {
+            m.trace_spans_total.with_label_values(&[r]);
+        }
         for r in ["success", "failure"] {
             m.config_reloads_total.with_label_values(&[r]);
         }

@@ -85,14 +85,27 @@ pub(crate) async fn handle(
     let scan = headers::scan(req.headers());
     let request_id = headers::request_id(&scan);
     let log = access_log(&snap, dir).filter(|l| l.sampled());
-    // A request being logged carries a record its tries fill in (endpoint, attempts).
-    let exchange = log.map(|_| {
+    let trace = snap.tracer.as_ref().and_then(|t| t.start(req.headers()));
+    if let Some(t) = &trace {
+        // Each upstream try opens a client span through this.
+        req.extensions_mut().insert(t.tries());
+    }
+    let observed = log.is_some() || trace.is_some();
+    // A request being logged or traced carries a record its tries fill in (endpoint,
+    // attempts).
+    let exchange = observed.then(|| {
         let x = Exchange::default();
         req.extensions_mut().insert(x.clone());
         x
     });
-    let mut line = log.map(|log| Pending {
-        log: log.clone(),
+    let trace_id = trace
+        .as_ref()
+        .map(|t| crate::trace::context::hex(&t.trace_id));
+    // Boxed: most requests are neither logged nor traced, and the handler's future
+    // (whose slot hyper keeps per connection) should not carry a record's room.
+    let mut line = observed.then(|| Box::new(Pending {
+        log: log.cloned(),
+        trace,
         record: Some(Record {
             start: SystemTime::now(),
             direction: dir.name(),
@@ -117,13 +130,13 @@ pub(crate) async fn handle(
             bytes_in: 0,
             bytes_out: 0,
             request_id: Some(request_id.clone()),
-            trace_id: None,
+            trace_id,
             peer_identity: conn.identity.clone(),
         }),
         start,
         exchange,
         client_body: None,
-    });
+    }));
     let mut note = Note::default();
     let mut resp = respond(
         shared,
@@ -455,11 +468,12 @@ async fn tunnel(down: OnUpgrade, up: OnUpgrade, _admitted: crate::admission::Adm
     }
 }
 
-/// A request's access-log line, written when its response body ends (or is dropped:
-/// the client went away, recorded as 499 `client_aborted` unless an answer was
-/// already under way).
+/// A request's access-log line and server span, written when its response body ends
+/// (or is dropped: the client went away, recorded as 499 `client_aborted` unless an
+/// answer was already under way).
 struct Pending {
-    log: AccessLog,
+    log: Option<AccessLog>,
+    trace: Option<crate::trace::Trace>,
     record: Option<Record>,
     start: Instant,
     exchange: Option<Exchange>,
@@ -480,15 +494,70 @@ impl Drop for Pending {
         if let Some(w) = &self.client_body {
             rec.bytes_in = w.bytes();
         }
-        self.log.write(rec);
+        if let Some(trace) = self.trace.take() {
+            let (name, attributes, error) = server_span(&rec);
+            trace.finish(name, attributes, error);
+        }
+        if let Some(log) = &self.log {
+            log.write(rec);
+        }
     }
+}
+
+/// The server span of a request, from what its log record says.
+fn server_span(
+    rec: &Record,
+) -> (
+    String,
+    Vec<(&'static str, crate::trace::Value)>,
+    Option<String>,
+) {
+    use crate::trace::Value::{Int, Str};
+    let mut attrs = vec![
+        ("octopus.direction", Str(rec.direction.to_string())),
+        ("octopus.route", Str(rec.route.to_string())),
+        ("http.request.method", Str(rec.method.as_str().to_string())),
+        ("http.response.status_code", Int(i64::from(rec.status))),
+        ("octopus.attempts", Int(i64::from(rec.attempts))),
+        ("client.address", Str(rec.client.ip().to_string())),
+    ];
+    if let Some(c) = &rec.cluster {
+        attrs.push(("octopus.cluster", Str(c.to_string())));
+    }
+    if let Some(e) = rec.endpoint {
+        attrs.push(("octopus.endpoint", Str(e.to_string())));
+    }
+    if let Some(a) = &rec.authority {
+        attrs.push(("server.address", Str(a.host().to_string())));
+    }
+    if let Some(p) = &rec.path {
+        attrs.push(("url.path", Str(p.path().to_string())));
+    }
+    if let Some(id) = rec.request_id.as_ref().and_then(|v| v.to_str().ok()) {
+        attrs.push(("octopus.request_id", Str(id.to_string())));
+    }
+    if let Some(id) = &rec.peer_identity {
+        attrs.push(("octopus.peer_identity", Str(id.to_string())));
+    }
+    let error = match (rec.error, rec.fault) {
+        (Some(kind), fault) => {
+            attrs.push(("octopus.error.kind", Str(kind.to_string())));
+            if let Some(f) = fault {
+                attrs.push(("octopus.fault", Str(f.to_string())));
+            }
+            Some(kind.to_string())
+        }
+        (None, _) if rec.status >= 500 => Some(format!("upstream answered {}", rec.status)),
+        (None, _) => None,
+    };
+    (format!("{} {}", rec.method, rec.route), attrs, error)
 }
 
 /// A response body that counts the bytes sent and writes the request's log line when
 /// it is done.
 struct Logged {
     inner: Body,
-    pending: Pending,
+    pending: Box<Pending>,
 }
 
 impl http_body::Body for Logged {

@@ -33,6 +33,7 @@ pub mod snapshot;
 pub mod split;
 pub mod stack;
 pub mod timeout;
+pub mod trace;
 
 use arc_swap::ArcSwap;
 use std::sync::atomic::AtomicBool;

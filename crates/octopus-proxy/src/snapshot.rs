@@ -10,6 +10,7 @@ use crate::access_log::AccessLog;
 pub use crate::cluster::{BuildContext, Cluster};
 use crate::rate_limit::Bucket;
 use crate::router::{Matcher, Router};
+use crate::trace::Tracer;
 use crate::{stack, BoxService};
 use octopus_config::{Config, InboundConfig, OutboundConfig, Protocol, RouteConfig};
 use octopus_metrics::Metrics;
@@ -76,6 +77,8 @@ pub struct Snapshot {
     /// Rate-limit buckets by route name: live state a reload takes over while the
     /// route's limit is unchanged.
     pub buckets: BTreeMap<String, Arc<Bucket>>,
+    /// `tracing:`, kept (with its exporter) while the section is unchanged.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 impl Snapshot {
@@ -106,7 +109,15 @@ impl Snapshot {
             Some(inb) => Some(compile_inbound(inb, previous, outbound.as_ref(), ctx).await?),
             None => None,
         };
+        let tracer = config
+            .tracing
+            .as_ref()
+            .map(|spec| {
+                Tracer::compile(spec, previous.and_then(|p| p.tracer.as_ref()), &ctx.metrics)
+            })
+            .transpose()?;
         Ok(Snapshot {
+            tracer,
             generation,
             loaded_at: SystemTime::now(),
             source,

@@ -416,8 +416,11 @@ impl tower::Service<Request<Body>> for EndpointService {
             // Set by the client's body when it fails: then the exchange failed
             // because of the client, whatever the upstream client reports.
             let client_body = req.extensions().get::<ClientBodyWatch>().cloned();
-            // Only requests being logged carry an exchange record.
+            // Only requests being logged carry an exchange record, and only recorded
+            // traces a client span per try.
             let exchange = req.extensions().get::<Exchange>().cloned();
+            let tries = req.extensions().get::<crate::trace::Tries>().cloned();
+            let try_span = tries.map(|t| t.begin(&mut req, &ep.cluster, ep.addr));
             let sent = exchange.as_ref().map(|x| {
                 x.try_sent(ep.addr);
                 std::time::Instant::now()
@@ -430,10 +433,10 @@ impl tower::Service<Request<Body>> for EndpointService {
             let result = match (result, client_fault) {
                 (Err(e), Some(fault)) => {
                     tracing::debug!(cluster = %ep.cluster, endpoint = %ep.addr, ?fault, error = %error_chain(&e), "request failed on the client's body; not the endpoint's fault");
-                    return Err(ProxyError::ClientBody {
+                    Err(ProxyError::ClientBody {
                         fault,
                         source: Some(Box::new(e)),
-                    });
+                    })
                 }
                 (Err(e), None) => Err(ep.classify(e)),
                 (Ok(resp), _) if headers::has_foreign_transfer_coding(resp.headers()) => {
@@ -445,6 +448,9 @@ impl tower::Service<Request<Body>> for EndpointService {
                 }
                 (Ok(resp), _) => Ok(resp),
             };
+            if let Some(span) = try_span {
+                span.end(result.as_ref().map(|r| r.status().as_u16()));
+            }
             result.map(|resp| {
                 let mut resp = resp.map(Body::new);
                 resp.body_mut().set_served_by(ep.cluster.clone());
