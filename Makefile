@@ -37,13 +37,15 @@ check-config:
 clean:
 	$(CARGO) clean
 
-## bench: side-by-side benchmark vs nginx and HAProxy (installs them; writes docs/benchmarks.md)
+## bench: side-by-side benchmark vs nginx, HAProxy and a pingora proxy (installs them; writes docs/benchmarks.md)
 bench:
-	@command -v wrk >/dev/null && command -v h2load >/dev/null && command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v openssl >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client nginx-light haproxy openssl)
+	@command -v wrk >/dev/null && command -v h2load >/dev/null && command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v openssl >/dev/null && command -v cmake >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client nginx-light haproxy openssl cmake)
 	@command -v oha >/dev/null || $(CARGO) install oha --locked
 	@python3 -c 'import matplotlib' 2>/dev/null || pip install --quiet matplotlib
 	$(CARGO) build --release --workspace --bins
+	@# The pingora peer is optional: bench/run.py runs without it when this build fails (cmake builds its zlib-ng).
+	$(CARGO) build --release --locked --manifest-path bench/peers/pingora/Cargo.toml || echo "pingora peer: build failed, skipped"
 	python3 bench/run.py
 
 ## chaos: the chaos scenarios (crash/restart, hang, resets, reload storm, cert rotation) on a release build

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Side-by-side proxy benchmark: the upstream directly, octopus, nginx and HAProxy,
-same upstream, same pinning (servers on core 0, load generator on core 1), scenarios
-interleaved A B C D A B C D ... so machine drift hits all alike.
+"""Side-by-side proxy benchmark: the upstream directly, octopus, nginx, HAProxy and, when it
+has been built, a minimal pingora proxy (bench/peers/pingora; skipped otherwise), same upstream,
+same pinning (servers on core 0, load generator on core 1), scenarios interleaved
+A B C D A B C D ... so machine drift hits all alike.
 
 Writes benchmarks.md and benchmarks.png into $BENCH_OUT (default docs/). Run with
 `make bench`. Only 127.0.0.1 is ever contacted; every process started here is stopped by pid.
@@ -17,6 +18,11 @@ S3_SECS = int(os.environ.get("BENCH_FIXED_RATE_SECONDS", "30"))
 # Where the markdown and the chart go; another directory keeps a trial run off docs/.
 OUT = os.path.abspath(os.environ.get("BENCH_OUT") or os.path.join(ROOT, "docs"))
 SERVER_CPU, LOAD_CPU = "0", "1"
+# The pingora peer is built outside the workspace (`make bench` builds it, and carries on
+# without it when the build fails); without its binary every scenario runs without it.
+PINGORA_DIR = os.path.join(BENCH, "peers", "pingora")
+PINGORA_BIN = os.path.join(PINGORA_DIR, "target", "release", "pingora-peer")
+HAVE_PINGORA = os.access(PINGORA_BIN, os.X_OK)
 
 TARGETS = {  # name -> (HTTP/1.1 URL, h2c URL)
     "direct": ("http://127.0.0.1:28081", "http://127.0.0.1:28081"),
@@ -24,6 +30,10 @@ TARGETS = {  # name -> (HTTP/1.1 URL, h2c URL)
     "nginx": ("http://127.0.0.1:25101", "http://127.0.0.1:25102"),
     "haproxy": ("http://127.0.0.1:25201", "http://127.0.0.1:25202"),
 }
+if HAVE_PINGORA:
+    TARGETS["pingora"] = ("http://127.0.0.1:25301", "http://127.0.0.1:25302")
+PEERS = [t for t in TARGETS if t not in ("direct", "octopus")]  # what octopus is compared with
+NAMES = {"nginx": "nginx", "haproxy": "HAProxy", "pingora": "pingora"}
 started = []
 
 
@@ -210,6 +220,16 @@ def oha_fixed_rate(url, rate=1000, secs=None):
             "rps": j["summary"]["requestsPerSec"], "ok": ok, "total": sum(j.get("statusCodeDistribution", {}).values())}
 
 
+def pingora_version():
+    """pingora-proxy's version as locked in bench/peers/pingora/Cargo.lock."""
+    try:
+        lock = open(os.path.join(PINGORA_DIR, "Cargo.lock")).read()
+    except FileNotFoundError:
+        return "pingora-proxy (no Cargo.lock)"
+    m = re.search(r'name = "pingora-proxy"\nversion = "([^"]+)"', lock)
+    return f"pingora-proxy {m.group(1) if m else '?'} (bench/peers/pingora, no TLS feature)"
+
+
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -252,6 +272,9 @@ def main():
     with open(os.path.join(BENCH, "nginx.conf")) as f:
         open(nginx_conf, "w").write(f.read().replace("RUNDIR", run))
     make_certs(run)
+    if not HAVE_PINGORA:
+        print(f"pingora peer skipped: {os.path.relpath(PINGORA_BIN, ROOT)} is not built "
+              "(`make bench` builds it)", file=sys.stderr)
     try:
         start("upstream", [os.path.join(REL, "octopus-demo-upstreams"), "svc=127.0.0.1:28081"])
         wait_port(28081)
@@ -260,14 +283,19 @@ def main():
             "nginx": start("nginx", ["nginx", "-c", nginx_conf, "-p", run]),
             "haproxy": start("haproxy", ["haproxy", "-f", os.path.join(BENCH, "haproxy.cfg")]),
         }
+        if HAVE_PINGORA:
+            procs["pingora"] = start("pingora", [PINGORA_BIN, "--listen", "127.0.0.1:25301", "--listen-h2c",
+                                                 "127.0.0.1:25302", "--upstream", "127.0.0.1:28081"])
         layered = start("octopus-layers", [os.path.join(REL, "octopus"), "run", "--worker-threads", "1", "--config", os.path.join(BENCH, "octopus-layers.yaml")])
         mtls = {
             "octopus": start("octopus-mtls", [os.path.join(REL, "octopus"), "run", "--worker-threads", "1", "--config", substituted(run, "octopus-mtls.yaml")]),
             "nginx": start("nginx-mtls", ["nginx", "-c", substituted(run, "nginx-mtls.conf"), "-p", run]),
         }
         mtls_urls = {"octopus": "http://127.0.0.1:25011", "nginx": "http://127.0.0.1:25111"}
-        for port in (25001, 25002, 25101, 25102, 25201, 25202, 25011, 25016, 25111, 25116):
+        for port in (25001, 25002, 25101, 25102, 25201, 25202, 25011, 25016, 25111, 25116) + ((25301, 25302) if HAVE_PINGORA else ()):
             wait_port(port)
+        if HAVE_PINGORA:
+            print("pingora peer: no mTLS setup, so scenario 6 covers octopus and nginx only", file=sys.stderr)
         time.sleep(0.5)
         idle = {n: sum(status_kib(p, "VmRSS") for p in tree_pids(procs[n].pid)) for n in procs}
 
@@ -311,6 +339,8 @@ def main():
             "openssl": sh(["openssl", "version"]).stdout.strip(),
             "octopus": sh([os.path.join(REL, "octopus"), "--version"]).stdout.strip(),
         }
+        if HAVE_PINGORA:
+            versions["pingora"] = pingora_version()
     finally:
         stop_all()
         shutil.rmtree(run, ignore_errors=True)
@@ -338,9 +368,9 @@ def fmt(x, spec):
 
 
 def summary(results, s4):
-    """Octopus against nginx and against the better of nginx and HAProxy, one row per headline
-    metric. Better means higher for rates and lower for costs; the ratio is octopus / the other
-    either way, so read it against the 'better' column."""
+    """Octopus against nginx and against the best of the peers (nginx, HAProxy, and pingora when
+    built), one row per headline metric. Better means higher for rates and lower for costs; the
+    ratio is octopus / the other either way, so read it against the 'better' column."""
     med = lambda s, t, k: median([x[k] for x in results[s][t]])
     rows = [("S1 req/s (HTTP/1.1, 32 conns)", "higher", lambda t: med("h1", t, "rps")),
             ("S1 requests per proxy CPU-second", "higher", lambda t: med("h1", t, "req_per_cpu_s")),
@@ -352,14 +382,14 @@ def summary(results, s4):
     ratio = lambda a, b: f"{a / b:.2f}" if a == a and b == b and b > 0 else "-"
     lines = ["## Summary: octopus against the others", "",
              "Ratio = octopus' value / the other's; whether above 1 is good depends on the 'better' column.", "",
-             "| metric | better | octopus | nginx | haproxy | octopus / nginx | octopus / best of nginx, haproxy |",
-             "|---|---|---|---|---|---|---|"]
+             f"| metric | better | octopus | {' | '.join(PEERS)} | octopus / nginx | octopus / best of {', '.join(PEERS)} |",
+             "|---|---|---|" + "---|" * len(PEERS) + "---|---|"]
     for name, better, get in rows:
-        v = {t: get(t) for t in ("octopus", "nginx", "haproxy")}
+        v = {t: get(t) for t in ["octopus"] + PEERS}
         pick = max if better == "higher" else min
-        best = pick(("nginx", "haproxy"), key=lambda t: v[t] if v[t] == v[t] else (float("-inf") if better == "higher" else float("inf")))
+        best = pick(PEERS, key=lambda t: v[t] if v[t] == v[t] else (float("-inf") if better == "higher" else float("inf")))
         spec = ",.1f" if abs(v["octopus"]) < 100 else ",.0f"
-        lines.append(f"| {name} | {better} | {fmt(v['octopus'], spec)} | {fmt(v['nginx'], spec)} | {fmt(v['haproxy'], spec)} | "
+        lines.append(f"| {name} | {better} | {fmt(v['octopus'], spec)} | {' | '.join(fmt(v[t], spec) for t in PEERS)} | "
                      f"{ratio(v['octopus'], v['nginx'])} | {ratio(v['octopus'], v[best])} ({best}) |")
     return lines + [""]
 
@@ -369,9 +399,11 @@ def report(results, layers, idle, s4, versions):
     o1, o2 = med("h1", "octopus", "rps"), med("h2", "octopus", "rps")
     conns_rss = {t: sum(r["hwm"] for r in rows) for t, rows in s4.items()}
     lines = ["# Benchmarks", "",
-             "Generated by `make bench` (bench/run.py). Every server (upstream, octopus, nginx, HAProxy) is pinned to core 0,",
+             f"Generated by `make bench` (bench/run.py). Every server (upstream, octopus, {', '.join(NAMES[t] for t in PEERS)}) is pinned to core 0,",
              "the load generator to core 1; each proxy has one worker and talks to the same upstream (octopus' demo upstream,",
              f"hyper). {ROUNDS} interleaved rounds of {SECS} s; medians. Ratio = the target's value / octopus'.", ""]
+    if not HAVE_PINGORA:
+        lines += ["The pingora peer (bench/peers/pingora) was not built, so it is not in this run.", ""]
     lines += summary(results, s4)
     lines += ["## Scenario 1: HTTP/1.1 keep-alive, 32 connections, tiny response (`wrk -t1 -c32`)", "",
               "| target | req/s | ratio to octopus | p50 ms | p99 ms |", "|---|---|---|---|---|"]
@@ -424,7 +456,8 @@ def report(results, layers, idle, s4, versions):
     om = med("mtls", "octopus", "rps")
     lines += ["", "## Scenario 6: mTLS hop (sidecar to sidecar), HTTP/1.1, 32 connections", "",
               "app -> outbound sidecar -> mTLS (TLS 1.3, client certificate, peer identity checked) -> inbound sidecar -> upstream;",
-              "one process of each proxy plays both sidecars (octopus: bench/octopus-mtls.yaml; nginx: bench/nginx-mtls.conf with `proxy_ssl`).", "",
+              "one process of each proxy plays both sidecars (octopus: bench/octopus-mtls.yaml; nginx: bench/nginx-mtls.conf with `proxy_ssl`).",
+              f"{' and '.join(NAMES[t] for t in PEERS if t != 'nginx')} {'have' if HAVE_PINGORA else 'has'} no mTLS setup here and {'are' if HAVE_PINGORA else 'is'} not in this scenario.", "",
               "| proxy | req/s | ratio to octopus | p50 ms | p99 ms |", "|---|---|---|---|---|"]
     for t in results["mtls"]:
         r = med("mtls", t, "rps")
@@ -442,7 +475,8 @@ def report(results, layers, idle, s4, versions):
         a50, a99 = ("-", "-") if t == "direct" else (f"{added(results, 'c1', t, 'p50') * 1000:+.0f}", f"{added(results, 'c1', t, 'p99') * 1000:+.0f}")
         lines.append(f"| {t} | {med('c1', t, 'p50') * 1000:.0f} | {med('c1', t, 'p99') * 1000:.0f} | {a50} | {a99} |")
     lines += ["", "## Versions", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [
-              "", "Configs: bench/octopus.yaml, bench/octopus-layers.yaml, bench/octopus-mtls.yaml, bench/nginx.conf, bench/nginx-mtls.conf, bench/haproxy.cfg.", "",
+              "", "Configs: bench/octopus.yaml, bench/octopus-layers.yaml, bench/octopus-mtls.yaml, bench/nginx.conf, bench/nginx-mtls.conf, bench/haproxy.cfg"
+              + (", bench/peers/pingora/src/main.rs." if HAVE_PINGORA else "."), "",
               "![requests per second](benchmarks.png)", ""]
     errs = [f"{t} ({s})" for s in ("h1", "big", "mtls", "c1") for t in results[s] if any(x["errors"] for x in results[s][t])]
     if errs:
@@ -467,7 +501,8 @@ def report(results, layers, idle, s4, versions):
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for ax, (s, title) in zip(axes, [("h1", "HTTP/1.1, 32 conns"), ("h2", "h2c, 32x10 streams")]):
             names = list(TARGETS)
-            ax.bar(names, [med(s, t, "rps") for t in names], color=["#999", "#2a7", "#38c", "#c63"])
+            colors = {"direct": "#999", "octopus": "#2a7", "nginx": "#38c", "haproxy": "#c63", "pingora": "#a5c"}
+            ax.bar(names, [med(s, t, "rps") for t in names], color=[colors[t] for t in names])
             ax.set_title(title)
             ax.set_ylabel("requests/s (median)")
         fig.tight_layout()
