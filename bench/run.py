@@ -230,6 +230,16 @@ def pingora_version():
     return f"pingora-proxy {m.group(1) if m else '?'} (bench/peers/pingora, no TLS feature)"
 
 
+def metric_lines(url, prefix):
+    """The exposition lines of a metric family, from an octopus admin port."""
+    try:
+        import urllib.request
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError as e:
+        return [f"(unreadable: {e})"]
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -287,12 +297,22 @@ def main():
             procs["pingora"] = start("pingora", [PINGORA_BIN, "--listen", "127.0.0.1:25301", "--listen-h2c",
                                                  "127.0.0.1:25302", "--upstream", "127.0.0.1:28081"])
         layered = start("octopus-layers", [os.path.join(REL, "octopus"), "run", "--worker-threads", "1", "--config", os.path.join(BENCH, "octopus-layers.yaml")])
+        # Scenario 9: the same bare route with an access log, and with tracing at 100 %
+        # exported to a local OTLP sink (on the load generator's core, like wrk).
+        sink = subprocess.Popen(["taskset", "-c", LOAD_CPU, sys.executable, os.path.join(BENCH, "otlp_sink.py"), "24318"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(("otlp-sink", sink))
+        observed = {
+            "access log": start("octopus-log", [os.path.join(REL, "octopus"), "run", "--worker-threads", "1", "--config", substituted(run, "octopus-log.yaml")]),
+            "tracing 100%": start("octopus-trace", [os.path.join(REL, "octopus"), "run", "--worker-threads", "1", "--config", os.path.join(BENCH, "octopus-trace.yaml")]),
+        }
+        observed_urls = {"access log": "http://127.0.0.1:25003", "tracing 100%": "http://127.0.0.1:25004"}
         mtls = {
             "octopus": start("octopus-mtls", [os.path.join(REL, "octopus"), "run", "--worker-threads", "1", "--config", substituted(run, "octopus-mtls.yaml")]),
             "nginx": start("nginx-mtls", ["nginx", "-c", substituted(run, "nginx-mtls.conf"), "-p", run]),
         }
         mtls_urls = {"octopus": "http://127.0.0.1:25011", "nginx": "http://127.0.0.1:25111"}
-        for port in (25001, 25002, 25101, 25102, 25201, 25202, 25011, 25016, 25111, 25116) + ((25301, 25302) if HAVE_PINGORA else ()):
+        for port in (25001, 25002, 25003, 25004, 24318, 25101, 25102, 25201, 25202, 25011, 25016, 25111, 25116) + ((25301, 25302) if HAVE_PINGORA else ()):
             wait_port(port)
         if HAVE_PINGORA:
             print("pingora peer: no mTLS setup, so scenario 6 covers octopus and nginx only", file=sys.stderr)
@@ -302,6 +322,7 @@ def main():
         results = {s: {t: [] for t in TARGETS} for s in ("h1", "h2", "big", "rate", "c1")}
         results["mtls"] = {t: [] for t in mtls}
         layers = {"bare": [], "all layers": []}
+        observability = {"off": [], "access log": [], "tracing 100%": []}
         for r in range(ROUNDS):
             for t, (h1, h2) in TARGETS.items():
                 print(f"round {r + 1}/{ROUNDS} {t}", file=sys.stderr)
@@ -324,6 +345,12 @@ def main():
                 results["rate"][t].append(oha_fixed_rate(h1))
             layers["bare"].append(wrk(TARGETS["octopus"][0])["rps"])
             layers["all layers"].append(wrk("http://127.0.0.1:25002")["rps"])
+            print(f"round {r + 1}/{ROUNDS} octopus observability", file=sys.stderr)
+            observability["off"].append(with_cpu(procs["octopus"].pid, lambda: wrk(TARGETS["octopus"][0])))
+            for name, url in observed_urls.items():
+                observability[name].append(with_cpu(observed[name].pid, lambda: wrk(url)))
+        spans = metric_lines("http://127.0.0.1:29906/metrics", "octopus_trace_spans_total")
+        log_lines = metric_lines("http://127.0.0.1:29905/metrics", "octopus_access_log_")
 
         # Scenario 4: 1000 idle keep-alive connections held open during a load run.
         s4 = {}
@@ -346,7 +373,7 @@ def main():
         shutil.rmtree(run, ignore_errors=True)
         for path in LOGS.values():
             os.unlink(path)
-    report(results, layers, idle, s4, versions)
+    report(results, layers, idle, s4, versions, (observability, spans, log_lines))
 
 
 def added(results, s, t, k):
@@ -394,7 +421,7 @@ def summary(results, s4):
     return lines + [""]
 
 
-def report(results, layers, idle, s4, versions):
+def report(results, layers, idle, s4, versions, observed):
     med = lambda s, t, k: median([x[k] for x in results[s][t]])
     o1, o2 = med("h1", "octopus", "rps"), med("h2", "octopus", "rps")
     conns_rss = {t: sum(r["hwm"] for r in rows) for t, rows in s4.items()}
@@ -467,6 +494,18 @@ def report(results, layers, idle, s4, versions):
               "| octopus config | req/s per round | median |", "|---|---|---|",
               f"| bare route | {' / '.join(f'{x:,.0f}' for x in layers['bare'])} | {b:,.0f} |",
               f"| all layers (retry + per-try timeout, route timeout, least-connections, circuit breaker, outlier detection, health checks) | {' / '.join(f'{x:,.0f}' for x in layers['all layers'])} | {a:,.0f} ({(a / b - 1) * 100:+.1f}%) |",
+              "", "## Scenario 9: price of access logging and tracing (octopus, HTTP/1.1, 32 connections)", "",
+              "The bare route three ways, in the same rounds: as is; with `access_log` (every request, JSON lines to a file);",
+              "with `tracing` at `sample_ratio: 1.0` (a server and a client span per request, OTLP/HTTP to bench/otlp_sink.py",
+              "on the load generator's core). Requests per proxy CPU-second from /proc/PID/stat as in scenario 1.", "",
+              "| octopus config | req/s (median) | ratio to off | requests per proxy CPU-second | user µs per request |", "|---|---|---|---|---|"]
+    obs, spans, log_lines = observed
+    off = median([x["rps"] for x in obs["off"]])
+    for name, runs in obs.items():
+        rps = median([x["rps"] for x in runs])
+        lines.append(f"| {name} | {rps:,.0f} | {rps / off:.2f} | {median([x['req_per_cpu_s'] for x in runs]):,.0f} | "
+                     f"{median([x['user_us'] for x in runs]):.1f} |")
+    lines += ["", "At the end of the run (the spans octopus exported, dropped at a full queue, or failed to send; the lines logged):", "", "```text"] + spans + log_lines + ["```",
               "", "## Scenario 8: latency at concurrency 1, HTTP/1.1 keep-alive (`wrk -t1 -c1`)", "",
               "One connection, one request at a time, so the latency is the hop itself, not queueing behind other requests.",
               "Added = the target's percentile minus the direct connection's, same round, then the median over rounds.", "",
@@ -475,7 +514,7 @@ def report(results, layers, idle, s4, versions):
         a50, a99 = ("-", "-") if t == "direct" else (f"{added(results, 'c1', t, 'p50') * 1000:+.0f}", f"{added(results, 'c1', t, 'p99') * 1000:+.0f}")
         lines.append(f"| {t} | {med('c1', t, 'p50') * 1000:.0f} | {med('c1', t, 'p99') * 1000:.0f} | {a50} | {a99} |")
     lines += ["", "## Versions", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [
-              "", "Configs: bench/octopus.yaml, bench/octopus-layers.yaml, bench/octopus-mtls.yaml, bench/nginx.conf, bench/nginx-mtls.conf, bench/haproxy.cfg"
+              "", "Configs: bench/octopus.yaml, bench/octopus-layers.yaml, bench/octopus-mtls.yaml, bench/octopus-log.yaml, bench/octopus-trace.yaml, bench/nginx.conf, bench/nginx-mtls.conf, bench/haproxy.cfg"
               + (", bench/peers/pingora/src/main.rs." if HAVE_PINGORA else "."), "",
               "![requests per second](benchmarks.png)", ""]
     errs = [f"{t} ({s})" for s in ("h1", "big", "mtls", "c1") for t in results[s] if any(x["errors"] for x in results[s][t])]

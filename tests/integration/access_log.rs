@@ -290,3 +290,46 @@ clusters:
     by_id(&fresh, "after");
     assert!(lines(&moved).iter().all(|l| l["request_id"] != "after"));
 }
+
+#[tokio::test]
+async fn bytes_are_counted_per_listener_and_per_cluster() {
+    let up = Upstream::start("up").await;
+    let yaml = format!(
+        "outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - {{ name: shop, match: {{ host: shop }}, cluster: up }}
+clusters:
+{}",
+        cluster("up", "http1", &[up.addr()]),
+    );
+    let proxy = start(&yaml).await;
+    let out = proxy.outbound_addr().unwrap();
+    let body = bytes::Bytes::from(vec![b'x'; 100_000]);
+    let r = HttpClient::http1()
+        .send(
+            http::Request::post(format!("http://{out}/echo-body"))
+                .header("host", "shop")
+                .body(http_body_util::Full::new(body.clone()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, body);
+    let got = |series: &'static str| metric(&proxy, series);
+    // Each side carried the body one way and back, plus the heads.
+    let down_in =
+        got(r#"octopus_downstream_bytes_total{direction="received",listener="outbound"}"#).await;
+    let down_out =
+        got(r#"octopus_downstream_bytes_total{direction="sent",listener="outbound"}"#).await;
+    let up_out = got(r#"octopus_upstream_bytes_total{cluster="up",direction="sent"}"#).await;
+    let up_in = got(r#"octopus_upstream_bytes_total{cluster="up",direction="received"}"#).await;
+    for (name, v) in [
+        ("down in", down_in),
+        ("down out", down_out),
+        ("up out", up_out),
+        ("up in", up_in),
+    ] {
+        assert!((100_000.0..102_000.0).contains(&v), "{name}: {v}");
+    }
+}

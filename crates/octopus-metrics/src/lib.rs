@@ -35,6 +35,8 @@ pub struct Metrics {
     pub access_log_lines_total: IntCounterVec,
     pub access_log_dropped_total: IntCounter,
     pub trace_spans_total: IntCounterVec,
+    pub downstream_bytes_total: IntCounterVec,
+    pub upstream_bytes_total: IntCounterVec,
     pub connections_total: IntCounterVec,
     pub connections_active: IntGaugeVec,
     pub listener_overflow_total: IntCounterVec,
@@ -130,6 +132,16 @@ impl Metrics {
                     "Access-log lines dropped because the writer's queue was full (traffic is never held up for a log line).",
                 )
                 .expect("static metric definition"),
+            ),
+            downstream_bytes_total: f.counters(
+                "octopus_downstream_bytes_total",
+                "Bytes received from and sent to clients on a listener (HTTP bytes: after TLS), by listener and direction (received|sent).",
+                &["listener", "direction"],
+            ),
+            upstream_bytes_total: f.counters(
+                "octopus_upstream_bytes_total",
+                "Bytes sent to and received from a cluster's endpoints (HTTP bytes: before TLS), by cluster and direction (sent|received).",
+                &["cluster", "direction"],
             ),
             trace_spans_total: f.counters(
                 "octopus_trace_spans_total",

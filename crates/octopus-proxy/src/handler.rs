@@ -103,40 +103,42 @@ pub(crate) async fn handle(
         .map(|t| crate::trace::context::hex(&t.trace_id));
     // Boxed: most requests are neither logged nor traced, and the handler's future
     // (whose slot hyper keeps per connection) should not carry a record's room.
-    let mut line = observed.then(|| Box::new(Pending {
-        log: log.cloned(),
-        trace,
-        record: Some(Record {
-            start: SystemTime::now(),
-            direction: dir.name(),
-            route: NONE_LABEL.into(),
-            cluster: None,
-            endpoint: None,
-            client: conn.peer,
-            method: req.method().clone(),
-            authority: req.uri().authority().cloned().or_else(|| {
-                scan.host
-                    .as_ref()
-                    .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+    let mut line = observed.then(|| {
+        Box::new(Pending {
+            log: log.cloned(),
+            trace,
+            record: Some(Record {
+                start: SystemTime::now(),
+                direction: dir.name(),
+                route: NONE_LABEL.into(),
+                cluster: None,
+                endpoint: None,
+                client: conn.peer,
+                method: req.method().clone(),
+                authority: req.uri().authority().cloned().or_else(|| {
+                    scan.host
+                        .as_ref()
+                        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+                }),
+                path: req.uri().path_and_query().cloned(),
+                protocol: req.version(),
+                status: crate::error::CLIENT_CLOSED,
+                error: Some("client_aborted"),
+                fault: Some("client"),
+                attempts: 0,
+                duration: Duration::ZERO,
+                upstream: None,
+                bytes_in: 0,
+                bytes_out: 0,
+                request_id: Some(request_id.clone()),
+                trace_id,
+                peer_identity: conn.identity.clone(),
             }),
-            path: req.uri().path_and_query().cloned(),
-            protocol: req.version(),
-            status: crate::error::CLIENT_CLOSED,
-            error: Some("client_aborted"),
-            fault: Some("client"),
-            attempts: 0,
-            duration: Duration::ZERO,
-            upstream: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            request_id: Some(request_id.clone()),
-            trace_id,
-            peer_identity: conn.identity.clone(),
-        }),
-        start,
-        exchange,
-        client_body: None,
-    }));
+            start,
+            exchange,
+            client_body: None,
+        })
+    });
     let mut note = Note::default();
     let mut resp = respond(
         shared,

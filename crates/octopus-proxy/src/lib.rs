@@ -13,6 +13,7 @@ mod boxed;
 mod cause;
 pub mod circuit_breaker;
 pub mod cluster;
+pub mod counted;
 pub mod descriptors;
 pub mod endpoint;
 pub mod error;

@@ -4,6 +4,7 @@
 //! connection idle for the listener's `idle_timeout` is closed the same graceful way.
 
 use crate::body::Body;
+use crate::counted::Counted;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -113,6 +114,14 @@ pub(crate) async fn serve<H, Fut>(
     // Each connection task holds a sender; the drain is over when all are dropped.
     let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let accepted = metrics.connections_total.with_label_values(&[name]);
+    let bytes = crate::counted::ByteCounters {
+        received: metrics
+            .downstream_bytes_total
+            .with_label_values(&[name, "received"]),
+        sent: metrics
+            .downstream_bytes_total
+            .with_label_values(&[name, "sent"]),
+    };
     let active = metrics.connections_active.with_label_values(&[name]);
     loop {
         let (stream, peer) = tokio::select! {
@@ -181,6 +190,7 @@ pub(crate) async fn serve<H, Fut>(
             _alive: alive.clone(),
         };
         let (h, builder, stop) = (handler.clone(), builder.clone(), stop.clone());
+        let bytes = bytes.clone();
         let idle_timeout = current.idle_timeout;
         let forwarded_for = crate::headers::ForwardedFor::new(peer.ip());
         // One task per connection; plain and TLS connections get tasks of their own
@@ -197,6 +207,7 @@ pub(crate) async fn serve<H, Fut>(
                         allowed: true,
                         tls: false,
                     };
+                    let stream = Counted::new(stream, Some(bytes));
                     let result =
                         serve_connection(&builder, stream, h, info, stop, idle_timeout).await;
                     end.finish(result);
@@ -214,8 +225,8 @@ pub(crate) async fn serve<H, Fut>(
                                 allowed: acc.allowed,
                                 tls: true,
                             };
-                            serve_connection(&builder, acc.stream, h, info, stop, idle_timeout)
-                                .await
+                            let stream = Counted::new(acc.stream, Some(bytes));
+                            serve_connection(&builder, stream, h, info, stop, idle_timeout).await
                         }
                     };
                     end.finish(result);

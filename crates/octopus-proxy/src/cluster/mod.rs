@@ -149,6 +149,14 @@ impl EndpointPool {
                 failed: metrics
                     .upstream_connections_failed_total
                     .with_label_values(&[&cluster]),
+                bytes: crate::counted::ByteCounters {
+                    received: metrics
+                        .upstream_bytes_total
+                        .with_label_values(&[&cluster, "received"]),
+                    sent: metrics
+                        .upstream_bytes_total
+                        .with_label_values(&[&cluster, "sent"]),
+                },
             },
             cluster,
         })

@@ -4,6 +4,7 @@
 //! and a descriptor of its listener side's share.
 
 use crate::circuit_breaker::Circuit;
+use crate::counted::{ByteCounters, Counted};
 use crate::descriptors;
 use hyper_util::rt::TokioIo;
 use octopus_tls::ClientTls;
@@ -62,6 +63,7 @@ pub struct Connector {
     limits: Option<Arc<Circuit>>,
     tls: Option<Arc<ClientTls>>,
     descriptors: Option<Arc<descriptors::Group>>,
+    bytes: Option<ByteCounters>,
 }
 
 impl Connector {
@@ -71,6 +73,7 @@ impl Connector {
         limits: Option<Arc<Circuit>>,
         tls: Option<Arc<ClientTls>>,
         descriptors: Option<Arc<descriptors::Group>>,
+        bytes: Option<ByteCounters>,
     ) -> Self {
         Connector {
             addr,
@@ -78,6 +81,7 @@ impl Connector {
             limits,
             tls,
             descriptors,
+            bytes,
         }
     }
 }
@@ -101,10 +105,11 @@ impl Connector {
                 .map_err(|source| ConnectError::Io { addr, source })?;
             // Proxied requests are small writes; Nagle would add up to 40 ms per hop.
             let _ = stream.set_nodelay(true);
+            let bytes = self.bytes.clone();
             match &self.tls {
-                None => Ok(Io::Plain(TokioIo::new(stream))),
+                None => Ok(Io::Plain(TokioIo::new(Counted::new(stream, bytes)))),
                 Some(tls) => match tls.connect(addr, stream).await {
-                    Ok(s) => Ok(Io::Tls(Box::new(TokioIo::new(s)))),
+                    Ok(s) => Ok(Io::Tls(Box::new(TokioIo::new(Counted::new(s, bytes))))),
                     Err(e) if octopus_tls::is_identity_mismatch(&e) => {
                         Err(ConnectError::IdentityMismatch { addr, source: e })
                     }
@@ -124,8 +129,8 @@ impl Connector {
 }
 
 enum Io {
-    Plain(TokioIo<TcpStream>),
-    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+    Plain(TokioIo<Counted<TcpStream>>),
+    Tls(Box<TokioIo<Counted<tokio_rustls::client::TlsStream<TcpStream>>>>),
 }
 
 /// An upstream connection, plain or TLS; releases its connection-limit slot when

@@ -126,7 +126,14 @@ impl Endpoint {
     ) -> Arc<Self> {
         let protocol = settings.protocol;
         let pool = Pool::new(
-            Connector::new(addr, settings.connect_timeout, limits, tls, descriptors),
+            Connector::new(
+                addr,
+                settings.connect_timeout,
+                limits,
+                tls,
+                descriptors,
+                counters.as_ref().map(|c| c.bytes.clone()),
+            ),
             protocol == Protocol::Http2,
             settings.max_response_header_bytes,
             settings.max_response_headers,

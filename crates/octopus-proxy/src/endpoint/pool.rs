@@ -75,6 +75,8 @@ pub struct PoolCounters {
     pub opened: prometheus::IntCounter,
     pub closed: prometheus::IntCounter,
     pub failed: prometheus::IntCounter,
+    /// Bytes over the cluster's connections (`octopus_upstream_bytes_total`).
+    pub bytes: crate::counted::ByteCounters,
 }
 
 /// What went wrong getting a response through the pool.
