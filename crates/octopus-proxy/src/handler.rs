@@ -130,7 +130,7 @@ pub(crate) async fn handle(
                 upstream: None,
                 bytes_in: 0,
                 bytes_out: 0,
-                request_id: Some(request_id.clone()),
+                request_id: Some(request_id.to_value()),
                 trace_id,
                 peer_identity: conn.identity.clone(),
             }),
@@ -150,7 +150,8 @@ pub(crate) async fn handle(
     .await;
     if note.error.is_some() {
         // octopus' own answers name the request, so a client's report can be found.
-        resp.headers_mut().insert(headers::REQUEST_ID, request_id);
+        resp.headers_mut()
+            .insert(headers::REQUEST_ID, request_id.to_value());
     }
     match line.take() {
         Some(mut pending) => {
@@ -186,7 +187,7 @@ async fn respond(
         &ConnInfo,
         Instant,
         headers::Scan,
-        &HeaderValue,
+        &headers::RequestId,
     ),
     req: Request<Incoming>,
     note: &mut Note,
@@ -194,7 +195,7 @@ async fn respond(
     let report = |e: &ProxyError, route: &str| {
         shared
             .failures
-            .report(e, dir.name(), route, request_id.to_str().unwrap_or("-"))
+            .report(e, dir.name(), route, request_id.as_str())
     };
     let (early, limits) = match dir {
         Direction::Outbound => match (snap.outbound.as_ref(), snap.config.outbound.as_ref()) {
@@ -329,7 +330,7 @@ async fn forward(
         Option<http::uri::Authority>,
         headers::Scan,
         UnderscoreHeaders,
-        &HeaderValue,
+        &headers::RequestId,
     ),
     admitted: crate::admission::Admitted,
     mut req: Request<Incoming>,
@@ -396,7 +397,7 @@ async fn forward(
     }
     headers::append_forwarded_for(req.headers_mut(), &conn.forwarded_for);
     req.headers_mut()
-        .insert(headers::REQUEST_ID, request_id.clone());
+        .insert(headers::REQUEST_ID, request_id.to_value());
     if let Some(a) = &authority {
         // The upstream sees the authority octopus routed on, in `Host` too. Without a
         // URI authority, `Host` is where it came from: nothing to rewrite.

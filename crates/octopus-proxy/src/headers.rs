@@ -82,17 +82,45 @@ pub fn scan(headers: &HeaderMap) -> Scan {
 /// 200 visible ASCII characters (it correlates the client's own logs with ours), else
 /// a new random UUID v4. Not a security token: uniqueness is all it needs, so the
 /// random bits come from a fast thread-local generator, not the OS.
-pub fn request_id(scan: &Scan) -> HeaderValue {
+pub fn request_id(scan: &Scan) -> RequestId {
     if let Some(v) = &scan.request_id {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic()) {
-            return v.clone();
+            return RequestId::Client(v.clone());
         }
     }
     let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let text = id.hyphenated().encode_lower(&mut text);
-    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    id.hyphenated().encode_lower(&mut text);
+    RequestId::Made(text)
+}
+
+/// A request's id, as text kept where it costs nothing: the client's header value (a
+/// view of the bytes hyper read) or the id octopus made, on the stack. A header value
+/// is built from it where one is needed: once for the request forwarded, and again
+/// only for an error response or a log line (a copy of a made value would allocate).
+#[derive(Debug, Clone)]
+pub enum RequestId {
+    Client(HeaderValue),
+    Made([u8; uuid::fmt::Hyphenated::LENGTH]),
+}
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        match self {
+            RequestId::Client(v) => v.to_str().unwrap_or("-"),
+            RequestId::Made(b) => std::str::from_utf8(b).unwrap_or("-"),
+        }
+    }
+
+    pub fn to_value(&self) -> HeaderValue {
+        match self {
+            RequestId::Client(v) => v.clone(),
+            RequestId::Made(b) => {
+                HeaderValue::from_bytes(b).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+            }
+        }
+    }
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names, except
@@ -358,7 +386,9 @@ mod tests {
             for v in values {
                 h.append(REQUEST_ID, HeaderValue::from_str(v).unwrap());
             }
-            request_id(&scan(&h)).to_str().unwrap().to_string()
+            let id = request_id(&scan(&h));
+            assert_eq!(id.as_str(), id.to_value().to_str().unwrap());
+            id.as_str().to_string()
         };
         assert_eq!(id_of(&["abc-123"]), "abc-123");
         let made = id_of(&[]);
