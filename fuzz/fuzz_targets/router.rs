@@ -28,7 +28,7 @@ struct Rule {
 impl Rule {
     fn config(&self) -> MatchConfig {
         MatchConfig {
-            host: self.host.clone(),
+            host: self.host.clone().map(Into::into),
             path_prefix: self.path_prefix.clone(),
             method: self.method.clone(),
             headers: self.headers.iter().cloned().collect(),
@@ -42,12 +42,23 @@ impl Rule {
             Some(want) => match host {
                 None => false,
                 Some(h) => {
+                    // A trailing dot on the request's host (a fully qualified name) and
+                    // on the pattern is the same name.
                     let h = h.to_ascii_lowercase();
+                    let h = h.strip_suffix('.').unwrap_or(&h);
                     match want.strip_prefix('*') {
                         Some(suffix) => {
-                            h.len() > suffix.len() && h.ends_with(&suffix.to_ascii_lowercase())
+                            let suffix = suffix.trim_end_matches('.').to_ascii_lowercase();
+                            h.len() > suffix.len() && h.ends_with(&suffix)
                         }
-                        None => h == want.to_ascii_lowercase(),
+                        None => {
+                            let want = want.trim_end_matches('.').to_ascii_lowercase();
+                            // `svc.ns` also names `svc.ns.svc[.cluster.local]`.
+                            let qualified = want.matches('.').count() == 1
+                                && (h == format!("{want}.svc")
+                                    || h == format!("{want}.svc.cluster.local"));
+                            h == want || qualified
+                        }
                     }
                 }
             },

@@ -57,3 +57,39 @@ async fn probes_metrics_config_and_clusters() {
         .unwrap();
     assert_eq!(HttpClient::http1().send(post).await.status, 405);
 }
+
+#[tokio::test]
+async fn metrics_listen_serves_metrics_alone_and_follows_reloads() {
+    let up = Upstream::start("up").await;
+    let yaml = |metrics: &str| {
+        format!(
+            "admin:\n  listen: 127.0.0.1:0\n{metrics}outbound:\n  listen: 127.0.0.1:0\n  routes:\n    - {{ name: r, match: {{ host: svc }}, cluster: svc }}\nclusters:\n{}",
+            cluster("svc", "http1", &[up.addr()])
+        )
+    };
+    let proxy = start(&yaml("  metrics_listen: 127.0.0.1:0\n")).await;
+    get(proxy.outbound_addr().unwrap(), "svc", "/").await;
+    let m = proxy.metrics_addr().expect("the metrics listener is bound");
+    let page = get(m, "prometheus", "/metrics").await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains(
+        r#"octopus_requests_total{cluster="svc",code="200",direction="outbound",route="r"} 1"#
+    ));
+    // Nothing else of admin is reachable there.
+    for path in ["/config", "/clusters", "/log-level", "/ready"] {
+        let r = get(m, "prometheus", path).await;
+        assert_eq!(r.status, 404, "{path}");
+        assert!(!r.text().contains("generation"), "{path}: {}", r.text());
+    }
+    // The admin port keeps everything.
+    assert_eq!(admin(&proxy, "/config").await.status, 200);
+    // A reload without the key closes the metrics listener.
+    proxy.reload(parse(&yaml("")), None).await.unwrap();
+    assert_eq!(proxy.metrics_addr(), None);
+    assert!(
+        eventually(std::time::Duration::from_secs(5), async || {
+            tokio::net::TcpStream::connect(m).await.is_err()
+        })
+        .await
+    );
+}

@@ -6,6 +6,7 @@ mod admin;
 mod balancing;
 mod chaos;
 mod errors;
+mod kubernetes;
 mod limits;
 mod mtls;
 mod observability;

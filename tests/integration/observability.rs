@@ -203,6 +203,20 @@ async fn promtool_accepts_the_metrics_exposition() {
     let text = admin(&proxy, "/metrics").await.text();
     let (ok, out) = promtool(&["check", "metrics"], Some(&text));
     assert!(ok, "promtool check metrics: {out}");
+    // Every counter series the config implies exists at 0 before anything happened, so
+    // an alert's increase() sees the first burst.
+    for series in [
+        r#"octopus_upstream_retries_total{cluster="svc"} 0"#,
+        r#"octopus_retry_budget_exhausted_total{cluster="svc"} 0"#,
+        r#"octopus_circuit_overflow_total{cluster="svc",limit="max_requests"} 0"#,
+        r#"octopus_circuit_overflow_total{cluster="svc",limit="max_pending_requests"} 0"#,
+        r#"octopus_circuit_overflow_total{cluster="svc",limit="max_connections"} 0"#,
+        r#"octopus_proxy_errors_total{cluster="svc",direction="outbound",kind="connect_failed",route="r"} 0"#,
+        r#"octopus_trace_spans_total{result="dropped"} 0"#,
+        r#"octopus_access_log_dropped_total 0"#,
+    ] {
+        assert!(text.contains(series), "{series} missing");
+    }
 }
 
 #[test]

@@ -203,3 +203,51 @@ async fn inbound_forwards_to_the_local_app() {
     let metrics = admin(&proxy, "/metrics").await.text();
     assert!(metrics.contains(r#"octopus_requests_total{cluster="local_app",code="200",direction="inbound",route="inbound"} 1"#));
 }
+
+#[tokio::test]
+async fn kubernetes_service_names_route_within_the_namespace() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let yaml = format!(
+        "namespace: shop
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - name: payments
+      match: {{ host: [payments, payments-alt] }}
+      cluster: a
+    - name: catalog
+      match: {{ host: catalog.other }}
+      cluster: b
+clusters:
+{}{}",
+        cluster("a", "http1", &[a.addr()]),
+        cluster("b", "http1", &[b.addr()]),
+    );
+    let proxy = start(&yaml).await;
+    let out = proxy.outbound_addr().unwrap();
+    let h1 = HttpClient::http1();
+    for (host, want) in [
+        ("payments", "a"),
+        ("payments.shop", "a"),
+        ("payments.shop.svc:8080", "a"),
+        ("payments.shop.svc.cluster.local:8080", "a"),
+        ("payments.shop.svc.cluster.local.", "a"),
+        ("payments-alt.shop.svc.cluster.local", "a"),
+        ("catalog.other.svc.cluster.local", "b"),
+    ] {
+        let r = h1.get(out, host, "/", &[]).await;
+        assert_eq!(r.status, 200, "{host}");
+        assert_eq!(r.upstream(), want, "{host}");
+        // The upstream sees the name the app used.
+        assert_eq!(r.json()["headers"]["host"], host, "{host}");
+    }
+    for host in ["payments.other", "catalog", "payments.shop.svc.example.org"] {
+        assert_eq!(h1.get(out, host, "/", &[]).await.status, 404, "{host}");
+    }
+    // HTTP/2: the :authority is matched the same way.
+    let h2 = HttpClient::http2(out);
+    let r = h2
+        .get(out, "payments.shop.svc.cluster.local", "/", &[])
+        .await;
+    assert_eq!(r.upstream(), "a");
+}

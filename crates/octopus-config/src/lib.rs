@@ -19,7 +19,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use schema::*;
-pub use types::{Duration, HashOn, HostPort, LbPolicy, Protocol, RetryOn};
+pub use types::{Duration, HashOn, HostPort, Hosts, LbPolicy, Protocol, RetryOn};
 pub use validate::{otlp_endpoint, Checks};
 pub use watch::ConfigWatcher;
 
@@ -210,6 +210,50 @@ clusters:
             "line 6: outbound.routes[1].name: duplicate route name `a`"
         );
         assert_eq!(e[2], "line 7: outbound.routes[1].split: split weights are all 0: at least one must be positive");
+    }
+
+    #[test]
+    fn kubernetes_names_tracing_and_metrics_listen_are_checked() {
+        let ok = load_str(
+            "namespace: shop\ncluster_domain: corp.internal\nadmin: { listen: 127.0.0.1:9901, metrics_listen: 0.0.0.0:9902 }\noutbound:\n  listen: 127.0.0.1:1\n  routes:\n    - { name: a, match: { host: [payments, payments-alt, \"*.shop.\"] }, cluster: c }\nclusters:\n  c:\n    endpoints: [catalog.shop.svc.cluster.local.:8080]\ntracing:\n  otlp: { endpoint: \"http://127.0.0.1:4317/\", protocol: grpc }\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(ok.effective_namespace().as_deref(), Some("shop"));
+        let hosts = ok.outbound.as_ref().unwrap().routes[0]
+            .matches
+            .host
+            .clone()
+            .unwrap();
+        assert_eq!(hosts.0, ["payments", "payments-alt", "*.shop."]);
+        assert_eq!(
+            ok.clusters["c"].endpoints[0].address.host,
+            "catalog.shop.svc.cluster.local."
+        );
+        let e = errors("namespace: Shop_1\ncluster_domain: \"a..b\"\nadmin: { listen: 127.0.0.1:9901, metrics_listen: 127.0.0.1:9901 }\ntracing:\n  otlp: { endpoint: https://collector:4318 }\n  sample_ratio: 2\n");
+        assert_eq!(e.len(), 5, "{e:?}");
+        assert!(
+            e[0].contains("admin.metrics_listen: `127.0.0.1:9901` is already used by admin.listen"),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|x| x.contains("tracing.sample_ratio: 2: must be between 0.0 and 1.0")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|x| x.contains(
+                "tracing.otlp.endpoint: `https://collector:4318`: expected http://HOST:PORT"
+            )),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|x| x.contains("namespace: `Shop_1`")), "{e:?}");
+        assert!(
+            e.iter().any(|x| x.contains("cluster_domain: `a..b`")),
+            "{e:?}"
+        );
+        let e = errors("outbound:\n  listen: 127.0.0.1:1\n  routes:\n    - { name: a, match: { host: [] }, cluster: c }\nclusters:\n  c:\n    endpoints: [127.0.0.1:2]\n");
+        assert!(e[0].contains("an empty list matches nothing"), "{e:?}");
     }
 
     #[test]

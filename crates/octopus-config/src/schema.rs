@@ -2,13 +2,21 @@
 //! `docs/configuration.md`). Every struct rejects unknown keys, so a typo is an error
 //! rather than a silently ignored setting.
 
-use crate::types::{Duration, HashOn, HostPort, LbPolicy, Protocol, RetryOn};
+use crate::types::{Duration, HashOn, HostPort, Hosts, LbPolicy, Protocol, RetryOn};
 use serde::{de, Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The pod's Kubernetes namespace, for expanding service names in `match.host`
+    /// (`payments` also matches `payments.shop.svc.cluster.local`). Absent: the
+    /// `POD_NAMESPACE` environment variable, else no expansion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The Kubernetes cluster's DNS domain.
+    #[serde(default = "defaults::cluster_domain")]
+    pub cluster_domain: String,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,6 +81,10 @@ pub struct AdminConfig {
     /// port-forward.
     #[serde(default)]
     pub allow_remote_log_level: bool,
+    /// A second listener that serves `GET /metrics` and nothing else, for Prometheus
+    /// (e.g. `0.0.0.0:9902`), so `admin.listen` can stay on loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<HostPort>,
 }
 
 impl Default for AdminConfig {
@@ -80,6 +92,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: defaults::admin_listen(),
             allow_remote_log_level: false,
+            metrics_listen: None,
         }
     }
 }
@@ -212,9 +225,10 @@ pub enum UnderscoreHeaders {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
-    /// Request authority without port: exact, `*.suffix`, or `*` for any; absent = any.
+    /// Request authority without port: exact, `*.suffix`, or `*` for any, or a list of
+    /// them; absent = any. A Kubernetes service name also matches its qualified forms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
+    pub host: Option<Hosts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -548,6 +562,9 @@ mod defaults {
     pub fn max_replay_bytes() -> u32 {
         64 * 1024
     }
+    pub fn cluster_domain() -> String {
+        "cluster.local".into()
+    }
     pub fn service_name() -> String {
         "octopus".into()
     }
@@ -638,6 +655,16 @@ mod defaults {
 }
 
 impl Config {
+    /// The namespace service names are expanded in: `namespace`, else the non-empty
+    /// `POD_NAMESPACE` environment variable (the downward API sets it), else none.
+    pub fn effective_namespace(&self) -> Option<String> {
+        self.namespace.clone().or_else(|| {
+            std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|n| !n.trim().is_empty())
+        })
+    }
+
     /// A one-line description for `octopus validate` and the startup log.
     pub fn summary(&self) -> String {
         let routes = self.outbound.as_ref().map_or(0, |o| o.routes.len());

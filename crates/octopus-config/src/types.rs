@@ -142,9 +142,12 @@ impl FromStr for HostPort {
         let port: u16 = port
             .parse()
             .map_err(|_| bad("the port must be a number 0-65535"))?;
-        let valid_name = !host.is_empty()
-            && host.len() <= 253
-            && host.split('.').all(|label| {
+        // A fully qualified name may end with a dot (`catalog.shop.svc.cluster.local.`):
+        // the resolver then skips the search domains.
+        let name = host.strip_suffix('.').unwrap_or(host);
+        let valid_name = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
                 !label.is_empty()
                     && label.len() <= 63
                     && label
@@ -344,6 +347,75 @@ string_schema!(RetryOn, "RetryOn", {
         { "type": "integer", "minimum": 100, "maximum": 599 }
     ]
 });
+
+/// `match.host`: one host pattern or a list of them (`host: payments` or
+/// `host: [payments, payments-alt]`); printed back the way it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Hosts(pub Vec<String>);
+
+impl From<&str> for Hosts {
+    fn from(s: &str) -> Self {
+        Hosts(vec![s.to_string()])
+    }
+}
+
+impl From<String> for Hosts {
+    fn from(s: String) -> Self {
+        Hosts(vec![s])
+    }
+}
+
+impl<'de> Deserialize<'de> for Hosts {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Hosts;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a host name or a list of host names")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Hosts, E> {
+                Ok(Hosts::from(v))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Hosts, A::Error> {
+                let mut hosts = Vec::new();
+                while let Some(h) = seq.next_element::<String>()? {
+                    hosts.push(h);
+                }
+                if hosts.is_empty() {
+                    return Err(de::Error::custom(
+                        "an empty list matches nothing; leave `host` out to match any host",
+                    ));
+                }
+                Ok(Hosts(hosts))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for Hosts {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => s.serialize_str(one),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl schemars::JsonSchema for Hosts {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Hosts".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A host name (exact, `*.suffix` or `*`) or a list of them; a Kubernetes service name also matches its namespace-qualified forms",
+            "anyOf": [
+                { "type": "string" },
+                { "type": "array", "items": { "type": "string" }, "minItems": 1 }
+            ]
+        })
+    }
+}
 
 /// An RFC 9110 token: header names, methods and cookie names are tokens.
 pub(crate) fn http_token(s: &str) -> bool {

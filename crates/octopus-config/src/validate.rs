@@ -6,6 +6,15 @@ use crate::schema::*;
 use crate::types::{http_token, HostPort};
 use std::collections::{HashMap, HashSet};
 
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// The collector's address from `http://host:port[/]`: plain HTTP only.
 pub fn otlp_endpoint(endpoint: &str) -> Result<HostPort, String> {
     let bad = || {
@@ -68,6 +77,20 @@ pub(crate) fn check(c: &Config, checks: Checks) -> Vec<ConfigError> {
     }
     if let Some(t) = &c.tracing {
         v.tracing(t);
+    }
+    if let Some(ns) = &c.namespace {
+        if !dns_label(ns) {
+            v.err("namespace", format!("`{ns}`: a Kubernetes namespace is a DNS label (lower-case letters, digits and `-`, at most 63)"));
+        }
+    }
+    if !c.cluster_domain.split('.').all(dns_label) {
+        v.err(
+            "cluster_domain",
+            format!(
+                "`{}`: expected a DNS name such as cluster.local",
+                c.cluster_domain
+            ),
+        );
     }
     v.errors
 }
@@ -158,6 +181,9 @@ impl Checker {
             }
         };
         listen("admin.listen", &c.admin.listen, self);
+        if let Some(m) = &c.admin.metrics_listen {
+            listen("admin.metrics_listen", m, self);
+        }
         for (prefix, limits) in [
             ("outbound", c.outbound.as_ref().map(|o| o.limits())),
             ("inbound", c.inbound.as_ref().map(|i| i.limits())),
@@ -373,7 +399,9 @@ impl Checker {
     }
 
     fn matcher(&mut self, p: &str, m: &MatchConfig) {
-        if let Some(h) = &m.host {
+        for h in m.host.iter().flat_map(|h| &h.0) {
+            // A trailing dot (a fully qualified name) is the same name.
+            let h = h.strip_suffix('.').filter(|n| !n.is_empty()).unwrap_or(h);
             let name = h.strip_prefix("*.").unwrap_or(h);
             let ok = h == "*"
                 || (!name.is_empty()

@@ -40,18 +40,7 @@ pub(crate) async fn handle(
         );
     }
     match req.uri().path() {
-        "/metrics" => {
-            // Endpoint gauges are read from the clusters by their collector as the
-            // registry is gathered; descriptor counts are two gauges set here.
-            shared.descriptors.report(&shared.metrics);
-            let page = shared.metrics.encode();
-            let mut resp = text(StatusCode::OK, page);
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            resp
-        }
+        "/metrics" => metrics_page(shared),
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" => {
             if shared.ready.load(Ordering::Acquire) {
@@ -131,6 +120,37 @@ async fn log_level(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) ->
             resp
         }
     }
+}
+
+/// The `admin.metrics_listen` listener: `GET /metrics` and nothing else, so Prometheus
+/// can reach it from outside the pod while `/config` and `/log-level` stay on loopback.
+pub(crate) fn metrics_only<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are allowed\n",
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => metrics_page(shared),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "only /metrics is served on this port; the rest of admin is on admin.listen\n",
+        ),
+    }
+}
+
+fn metrics_page(shared: &Shared) -> Response<Body> {
+    // Endpoint gauges are read from the clusters by their collector as the registry is
+    // gathered; descriptor counts are two gauges set here.
+    shared.descriptors.report(&shared.metrics);
+    let page = shared.metrics.encode();
+    let mut resp = text(StatusCode::OK, page);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
 }
 
 /// The endpoint gauges' source: every member of every cluster serving now, and the

@@ -42,21 +42,23 @@ pub enum ReloadError {
     Compile(#[from] CompileError),
 }
 
-/// A listener: one of the two traffic directions, or admin.
+/// A listener: one of the two traffic directions, admin, or the metrics-only one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Admin,
+    Metrics,
     Traffic(Direction),
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::OUTBOUND, Kind::INBOUND, Kind::Admin];
+    const ALL: [Kind; 4] = [Kind::OUTBOUND, Kind::INBOUND, Kind::Admin, Kind::Metrics];
     const OUTBOUND: Kind = Kind::Traffic(Direction::Outbound);
     const INBOUND: Kind = Kind::Traffic(Direction::Inbound);
 
     fn name(self) -> &'static str {
         match self {
             Kind::Admin => "admin",
+            Kind::Metrics => "metrics",
             Kind::Traffic(d) => d.name(),
         }
     }
@@ -64,6 +66,7 @@ impl Kind {
     fn address(self, c: &Config) -> Option<&HostPort> {
         match self {
             Kind::Admin => Some(&c.admin.listen),
+            Kind::Metrics => c.admin.metrics_listen.as_ref(),
             Kind::OUTBOUND => c.outbound.as_ref().map(|o| &o.listen),
             Kind::INBOUND => c.inbound.as_ref().map(|i| &i.listen),
         }
@@ -81,6 +84,7 @@ struct Listener {
 #[derive(Default)]
 struct Listeners {
     admin: Option<Listener>,
+    metrics: Option<Listener>,
     outbound: Option<Listener>,
     inbound: Option<Listener>,
     /// Listeners replaced by a reload, still draining their connections.
@@ -91,6 +95,7 @@ impl Listeners {
     fn slot(&mut self, kind: Kind) -> &mut Option<Listener> {
         match kind {
             Kind::Admin => &mut self.admin,
+            Kind::Metrics => &mut self.metrics,
             Kind::OUTBOUND => &mut self.outbound,
             Kind::INBOUND => &mut self.inbound,
         }
@@ -141,6 +146,17 @@ fn spawn(kind: Kind, l: TcpListener, configured: HostPort, shared: &Arc<Shared>)
                 async move { admin::handle(&sh, req, conn.peer).await }
             },
         )),
+        Kind::Metrics => tokio::spawn(listener::serve(
+            l,
+            kind.name(),
+            metrics,
+            stop_rx,
+            listener::Fixed,
+            move |req, _conn| {
+                let sh = sh.clone();
+                async move { admin::metrics_only(&sh, &req) }
+            },
+        )),
         Kind::Traffic(dir) => {
             let settings = FromSnapshot {
                 shared: shared.clone(),
@@ -180,7 +196,7 @@ impl listener::Settings for FromSnapshot {
         let limits = match self.kind {
             Kind::OUTBOUND => c.outbound.as_ref().map(|o| o.limits()),
             Kind::INBOUND => c.inbound.as_ref().map(|i| i.limits()),
-            Kind::Admin => None,
+            Kind::Admin | Kind::Metrics => None,
         };
         limits.unwrap_or_default()
     }
@@ -190,7 +206,7 @@ impl listener::Settings for FromSnapshot {
         match self.kind {
             Kind::OUTBOUND => Some(d.outbound.clone()),
             Kind::INBOUND => Some(d.inbound.clone()),
-            Kind::Admin => None,
+            Kind::Admin | Kind::Metrics => None,
         }
     }
 
@@ -298,6 +314,10 @@ impl Proxy {
     pub fn admin_addr(&self) -> SocketAddr {
         self.local(Kind::Admin)
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+    /// The metrics-only listener (`admin.metrics_listen`), when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.local(Kind::Metrics)
     }
     pub fn outbound_addr(&self) -> Option<SocketAddr> {
         self.local(Kind::OUTBOUND)
@@ -519,9 +539,12 @@ impl Proxy {
                 "drain deadline passed; closing the remaining connections"
             );
         }
-        if let Some(admin) = listeners.admin.take() {
-            let _ = admin.stop.send(true);
-            let _ = tokio::time::timeout(Duration::from_secs(1), admin.task).await;
+        for l in [listeners.admin.take(), listeners.metrics.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = l.stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(1), l.task).await;
         }
         drained
     }

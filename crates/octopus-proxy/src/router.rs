@@ -1,34 +1,109 @@
 //! Route matching: the first route whose host, path prefix, method and headers all
 //! match wins. Matchers are compiled once per config; matching allocates nothing.
+//!
+//! Kubernetes service names: in namespace `shop`, a host `payments` also matches
+//! `payments.shop`, `payments.shop.svc` and `payments.shop.svc.cluster.local` (the
+//! names a pod's resolver search list makes of it), and `payments.shop` also matches
+//! `payments.shop.svc[.cluster.local]`. A trailing dot on the request's host (a fully
+//! qualified name) is ignored; the port never counts.
 
 use http::{HeaderName, HeaderValue, Method, Request};
 use octopus_config::MatchConfig;
 
 #[derive(Debug, Clone)]
 enum HostMatch {
-    Any,
     Exact(String),
     /// `*.example.com` stored as `.example.com`: any subdomain, not the bare name.
     Suffix(String),
 }
 
+impl HostMatch {
+    fn matches(&self, h: &str) -> bool {
+        match self {
+            HostMatch::Exact(want) => want.eq_ignore_ascii_case(h),
+            HostMatch::Suffix(suffix) => {
+                h.len() > suffix.len()
+                    && h.as_bytes()[h.len() - suffix.len()..]
+                        .eq_ignore_ascii_case(suffix.as_bytes())
+            }
+        }
+    }
+}
+
+/// How short service names expand: the pod's namespace (if known) and the cluster's
+/// DNS domain.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub namespace: Option<String>,
+    pub cluster_domain: String,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Names {
+            namespace: None,
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+}
+
+impl Names {
+    pub fn of(config: &octopus_config::Config) -> Names {
+        Names {
+            namespace: config.effective_namespace(),
+            cluster_domain: config.cluster_domain.trim_end_matches('.').to_string(),
+        }
+    }
+
+    /// `name` and the qualified forms it stands for in this namespace.
+    fn expand(&self, name: &str) -> Vec<String> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let d = &self.cluster_domain;
+        let mut out = vec![name.clone()];
+        match (name.matches('.').count(), &self.namespace) {
+            (0, Some(ns)) => out.extend([
+                format!("{name}.{ns}"),
+                format!("{name}.{ns}.svc"),
+                format!("{name}.{ns}.svc.{d}"),
+            ]),
+            (1, _) => out.extend([format!("{name}.svc"), format!("{name}.svc.{d}")]),
+            _ => {}
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Matcher {
-    host: HostMatch,
+    /// Empty: any host.
+    hosts: Vec<HostMatch>,
     path_prefix: Option<String>,
     method: Option<Method>,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Matcher {
-    /// Compiles a validated match block (validation already rejected bad names).
+    /// Compiles a validated match block (validation already rejected bad names), with no
+    /// namespace to expand service names in.
     pub fn compile(m: &MatchConfig) -> Result<Self, String> {
-        let host = match m.host.as_deref() {
-            None | Some("*") => HostMatch::Any,
-            Some(h) => match h.strip_prefix('*') {
-                Some(suffix) => HostMatch::Suffix(suffix.to_ascii_lowercase()),
-                None => HostMatch::Exact(h.to_ascii_lowercase()),
-            },
+        Self::compile_in(m, &Names::default())
+    }
+
+    /// [`Matcher::compile`], expanding service names as `names` says.
+    pub fn compile_in(m: &MatchConfig, names: &Names) -> Result<Self, String> {
+        let patterns = m.host.as_ref().map_or(&[][..], |h| h.0.as_slice());
+        let hosts = if patterns.iter().any(|h| h == "*") {
+            Vec::new()
+        } else {
+            patterns
+                .iter()
+                .flat_map(|h| match h.strip_prefix('*') {
+                    Some(suffix) => vec![HostMatch::Suffix(
+                        suffix.trim_end_matches('.').to_ascii_lowercase(),
+                    )],
+                    None => names.expand(h).into_iter().map(HostMatch::Exact).collect(),
+                })
+                .collect()
         };
         let method = m
             .method
@@ -50,7 +125,7 @@ impl Matcher {
             })
             .collect::<Result<_, String>>()?;
         Ok(Matcher {
-            host,
+            hosts,
             path_prefix: m.path_prefix.clone(),
             method,
             headers,
@@ -59,16 +134,11 @@ impl Matcher {
 
     /// `host` is the request's host without port, in any case.
     pub fn matches<B>(&self, host: Option<&str>, req: &Request<B>) -> bool {
-        let host_ok = match (&self.host, host) {
-            (HostMatch::Any, _) => true,
-            (HostMatch::Exact(want), Some(h)) => want.eq_ignore_ascii_case(h),
-            (HostMatch::Suffix(suffix), Some(h)) => {
-                h.len() > suffix.len()
-                    && h.as_bytes()[h.len() - suffix.len()..]
-                        .eq_ignore_ascii_case(suffix.as_bytes())
-            }
-            (_, None) => false,
-        };
+        let host_ok = self.hosts.is_empty()
+            || host.is_some_and(|h| {
+                let h = h.strip_suffix('.').unwrap_or(h);
+                self.hosts.iter().any(|m| m.matches(h))
+            });
         host_ok
             && self
                 .path_prefix
@@ -134,6 +204,62 @@ mod tests {
             b = b.header(*k, *v);
         }
         b.body(()).unwrap()
+    }
+
+    #[test]
+    fn kubernetes_service_names_and_lists() {
+        let names = Names {
+            namespace: Some("shop".into()),
+            cluster_domain: "cluster.local".into(),
+        };
+        let compile = |hosts: &[&str]| {
+            Matcher::compile_in(
+                &MatchConfig {
+                    host: Some(octopus_config::Hosts(
+                        hosts.iter().map(|h| h.to_string()).collect(),
+                    )),
+                    ..Default::default()
+                },
+                &names,
+            )
+            .unwrap()
+        };
+        let r = req("/", "GET", &[]);
+        let pay = compile(&["payments", "payments-alt"]);
+        for host in [
+            "payments",
+            "payments.shop",
+            "payments.shop.svc",
+            "payments.shop.svc.cluster.local",
+            "Payments.Shop.Svc.Cluster.Local.",
+            "payments-alt.shop.svc.cluster.local",
+        ] {
+            assert!(pay.matches(Some(host), &r), "{host}");
+        }
+        for host in [
+            "payments.other",
+            "payments.shop.svc.example.com",
+            "payment",
+            "xpayments",
+        ] {
+            assert!(!pay.matches(Some(host), &r), "{host}");
+        }
+        // Another namespace, written out: its .svc forms.
+        let other = compile(&["catalog.other"]);
+        assert!(other.matches(Some("catalog.other.svc.cluster.local."), &r));
+        assert!(!other.matches(Some("catalog"), &r));
+        // Without a namespace, a short name matches itself only.
+        let plain = Matcher::compile(&MatchConfig {
+            host: Some("payments".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(plain.matches(Some("payments."), &r));
+        assert!(!plain.matches(Some("payments.shop"), &r));
+        // Wildcards ignore a trailing dot too; `*` in a list matches anything.
+        let wild = compile(&["*.internal"]);
+        assert!(wild.matches(Some("a.internal."), &r));
+        assert!(compile(&["x", "*"]).matches(Some("anything"), &r));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use crate::access_log::AccessLog;
 pub use crate::cluster::{BuildContext, Cluster};
 use crate::rate_limit::Bucket;
-use crate::router::{Matcher, Router};
+use crate::router::{Matcher, Names, Router};
 use crate::trace::Tracer;
 use crate::{stack, BoxService};
 use octopus_config::{Config, InboundConfig, OutboundConfig, Protocol, RouteConfig};
@@ -98,6 +98,7 @@ impl Snapshot {
         let outbound = match &config.outbound {
             Some(out) => Some(compile_outbound(
                 out,
+                &Names::of(&config),
                 &clusters,
                 previous,
                 &mut buckets,
@@ -153,6 +154,7 @@ async fn compile_clusters(
 /// The route table, in config order.
 fn compile_outbound(
     out: &OutboundConfig,
+    names: &Names,
     clusters: &BTreeMap<String, Arc<Cluster>>,
     previous: Option<&Snapshot>,
     buckets: &mut BTreeMap<String, Arc<Bucket>>,
@@ -163,7 +165,7 @@ fn compile_outbound(
         .routes
         .iter()
         .map(|r| {
-            let matcher = Matcher::compile(&r.matches)
+            let matcher = Matcher::compile_in(&r.matches, names)
                 .map_err(|e| CompileError(format!("route `{}`: {e}", r.name)))?;
             // An unchanged limit keeps its bucket (and its tokens) across reloads.
             let bucket = r
@@ -233,6 +235,15 @@ fn compile_route(
         .map(|(w, c)| Ok((*w, lookup(c)?)))
         .collect::<Result<Vec<_>, CompileError>>()?;
     let mirror = r.mirror.as_ref().map(|m| lookup(&m.cluster)).transpose()?;
+    if let Some(retry) = &r.retry {
+        // Retry series exist at 0 from the moment a route may retry, so the first burst
+        // is an increase an alert can see; a per-try timeout's retries name no cluster.
+        let cut = retry.per_try_timeout.map(|_| NONE_LABEL);
+        for (_, c) in weighted.iter().copied().chain(cut.map(|c| (0, c))) {
+            metrics.upstream_retries_total.with_label_values(&[c]);
+            metrics.retry_budget_exhausted_total.with_label_values(&[c]);
+        }
+    }
     let service = stack::route(stack::RouteParts {
         config: r,
         targets,

@@ -101,7 +101,7 @@ proptest! {
     /// The matcher never panics on arbitrary hosts, paths and methods.
     #[test]
     fn matcher_never_panics(host in "\\PC{0,30}", path in "/\\PC{0,40}", pattern in "(\\*\\.)?[a-z.]{1,10}") {
-        let m = Matcher::compile(&MatchConfig { host: Some(pattern), path_prefix: Some("/a".into()), ..Default::default() }).unwrap();
+        let m = Matcher::compile(&MatchConfig { host: Some(pattern.into()), path_prefix: Some("/a".into()), ..Default::default() }).unwrap();
         if let Ok(req) = http::Request::builder().uri(path.as_str()).body(()) {
             let _ = m.matches(Some(&host), &req);
         }

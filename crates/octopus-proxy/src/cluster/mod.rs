@@ -100,6 +100,12 @@ impl EndpointPool {
         let limits = match compatible {
             Some(p) => p.limits.clone(),
             None => spec.circuit_breaker.clone().map(|cb| {
+                // Every limit's series exists from the moment the limits are configured.
+                for limit in ["max_requests", "max_pending_requests"] {
+                    metrics
+                        .circuit_overflow_total
+                        .with_label_values(&[&cluster, limit]);
+                }
                 let overflow = metrics
                     .circuit_overflow_total
                     .with_label_values(&[&cluster, "max_connections"]);
