@@ -494,7 +494,14 @@ def report(results, layers, idle, s4, versions, observed):
               "| octopus config | req/s per round | median |", "|---|---|---|",
               f"| bare route | {' / '.join(f'{x:,.0f}' for x in layers['bare'])} | {b:,.0f} |",
               f"| all layers (retry + per-try timeout, route timeout, least-connections, circuit breaker, outlier detection, health checks) | {' / '.join(f'{x:,.0f}' for x in layers['all layers'])} | {a:,.0f} ({(a / b - 1) * 100:+.1f}%) |",
-              "", "## Scenario 9: price of access logging and tracing (octopus, HTTP/1.1, 32 connections)", "",
+              "", "## Scenario 8: latency at concurrency 1, HTTP/1.1 keep-alive (`wrk -t1 -c1`)", "",
+              "One connection, one request at a time, so the latency is the hop itself, not queueing behind other requests.",
+              "Added = the target's percentile minus the direct connection's, same round, then the median over rounds.", "",
+              "| target | p50 µs | p99 µs | added p50 µs | added p99 µs |", "|---|---|---|---|---|"]
+    for t in TARGETS:
+        a50, a99 = ("-", "-") if t == "direct" else (f"{added(results, 'c1', t, 'p50') * 1000:+.0f}", f"{added(results, 'c1', t, 'p99') * 1000:+.0f}")
+        lines.append(f"| {t} | {med('c1', t, 'p50') * 1000:.0f} | {med('c1', t, 'p99') * 1000:.0f} | {a50} | {a99} |")
+    lines += ["", "## Scenario 9: price of access logging and tracing (octopus, HTTP/1.1, 32 connections)", "",
               "The bare route three ways, in the same rounds: as is; with `access_log` (every request, JSON lines to a file);",
               "with `tracing` at `sample_ratio: 1.0` (a server and a client span per request, OTLP/HTTP to bench/otlp_sink.py",
               "on the load generator's core). Requests per proxy CPU-second from /proc/PID/stat as in scenario 1.", "",
@@ -505,14 +512,7 @@ def report(results, layers, idle, s4, versions, observed):
         rps = median([x["rps"] for x in runs])
         lines.append(f"| {name} | {rps:,.0f} | {rps / off:.2f} | {median([x['req_per_cpu_s'] for x in runs]):,.0f} | "
                      f"{median([x['user_us'] for x in runs]):.1f} |")
-    lines += ["", "At the end of the run (the spans octopus exported, dropped at a full queue, or failed to send; the lines logged):", "", "```text"] + spans + log_lines + ["```",
-              "", "## Scenario 8: latency at concurrency 1, HTTP/1.1 keep-alive (`wrk -t1 -c1`)", "",
-              "One connection, one request at a time, so the latency is the hop itself, not queueing behind other requests.",
-              "Added = the target's percentile minus the direct connection's, same round, then the median over rounds.", "",
-              "| target | p50 µs | p99 µs | added p50 µs | added p99 µs |", "|---|---|---|---|---|"]
-    for t in TARGETS:
-        a50, a99 = ("-", "-") if t == "direct" else (f"{added(results, 'c1', t, 'p50') * 1000:+.0f}", f"{added(results, 'c1', t, 'p99') * 1000:+.0f}")
-        lines.append(f"| {t} | {med('c1', t, 'p50') * 1000:.0f} | {med('c1', t, 'p99') * 1000:.0f} | {a50} | {a99} |")
+    lines += ["", "At the end of the run (the spans octopus exported, dropped at a full queue, or failed to send; the lines logged):", "", "```text"] + spans + log_lines + ["```"]
     lines += ["", "## Versions", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [
               "", "Configs: bench/octopus.yaml, bench/octopus-layers.yaml, bench/octopus-mtls.yaml, bench/octopus-log.yaml, bench/octopus-trace.yaml, bench/nginx.conf, bench/nginx-mtls.conf, bench/haproxy.cfg"
               + (", bench/peers/pingora/src/main.rs." if HAVE_PINGORA else "."), "",
