@@ -17,14 +17,19 @@ use serde::Serialize;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Lines waiting for the writer at most; beyond, lines are dropped and counted.
 const QUEUE: usize = 8192;
-/// Lines formatted into one write.
-const BATCH: usize = 256;
+/// Bytes formatted before they are written out.
+const WRITE_AT: usize = 256 * 1024;
+/// While lines keep coming, the writer takes them every TICK instead of being woken
+/// per line (a blocked receiver costs the sender a futex wake and a context switch for
+/// every line); a line waits at most this long. When idle it blocks, so an idle proxy
+/// does not wake up.
+const TICK: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// One request as the access log records it.
 #[derive(Debug)]
@@ -290,14 +295,29 @@ fn open(path: &str) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-/// The writer thread: takes a batch of lines, formats them into one buffer, writes it.
+/// The writer thread: takes what is queued, formats it into one buffer, writes it.
 fn drain(rx: Receiver<Msg>, mut out: Out, reopen: &AtomicBool) {
     let mut buf = Vec::with_capacity(64 * 1024);
-    while let Ok(first) = rx.recv() {
-        buf.clear();
-        let mut next = Some(first);
-        let mut n = 0;
-        while let Some(msg) = next.take() {
+    let mut pending = match rx.recv() {
+        Ok(first) => Some(first),
+        Err(_) => return,
+    };
+    loop {
+        let mut taken = 0;
+        let mut closed = false;
+        loop {
+            let msg = match pending.take() {
+                Some(m) => m,
+                None => match rx.try_recv() {
+                    Ok(m) => m,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                },
+            };
+            taken += 1;
             if let Msg::Line {
                 record,
                 include_query,
@@ -305,15 +325,28 @@ fn drain(rx: Receiver<Msg>, mut out: Out, reopen: &AtomicBool) {
             {
                 record.write_json(include_query, &mut buf);
             }
-            n += 1;
-            if n < BATCH {
-                next = rx.try_recv().ok();
+            if buf.len() >= WRITE_AT {
+                out.write(&buf);
+                buf.clear();
             }
         }
         if reopen.swap(false, Ordering::AcqRel) {
             out.reopen();
         }
         out.write(&buf);
+        buf.clear();
+        if closed {
+            return;
+        }
+        if taken == 0 {
+            // Idle: block until the next line (or the last sender goes).
+            match rx.recv() {
+                Ok(m) => pending = Some(m),
+                Err(_) => return,
+            }
+        } else {
+            std::thread::sleep(TICK);
+        }
     }
 }
 

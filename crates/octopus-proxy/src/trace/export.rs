@@ -30,6 +30,9 @@ const QUEUE: usize = 4096;
 const BATCH: usize = 512;
 /// A batch goes out at most this long after its first span.
 const LINGER: Duration = Duration::from_secs(1);
+/// While a batch fills, queued spans are taken every TICK rather than one wake-up of
+/// the task per span.
+const TICK: Duration = Duration::from_millis(20);
 /// Connect and export together.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -94,11 +97,18 @@ async fn run(
     while let Some(first) = rx.recv().await {
         batch.push(first);
         let deadline = tokio::time::Instant::now() + LINGER;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(s)) => batch.push(s),
-                Ok(None) | Err(_) => break,
+        loop {
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(s) => batch.push(s),
+                    Err(_) => break,
+                }
             }
+            let now = tokio::time::Instant::now();
+            if batch.len() >= BATCH || now >= deadline {
+                break;
+            }
+            tokio::time::sleep(TICK.min(deadline - now)).await;
         }
         let n = batch.len() as u64;
         let body = encode(&resource, batch.drain(..));
