@@ -12,6 +12,17 @@ const ADMIN_PORT: u64 = 9901;
 /// The inbound (mTLS) port peers' sidecars call.
 const INBOUND_PORT: u64 = 15006;
 
+/// The `field` numbers of the ports named `name` in a list of ports.
+fn named_ports(ports: &Value, name: &str, field: &str) -> Vec<u64> {
+    ports
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"].as_str() == Some(name))
+        .filter_map(|p| p[field].as_u64())
+        .collect()
+}
+
 fn manifest_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes")
 }
@@ -130,13 +141,7 @@ fn admin_port_stays_on_loopback_and_prometheus_scrapes_the_metrics_port() {
             .iter()
             .find(|c| c["name"].as_str() == Some("octopus"))
             .unwrap_or_else(|| panic!("{file}: no container named octopus"));
-        let named_metrics: Vec<u64> = sidecar["ports"]
-            .as_sequence()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["name"].as_str() == Some("metrics"))
-            .filter_map(|p| p["containerPort"].as_u64())
-            .collect();
+        let named_metrics = named_ports(&sidecar["ports"], "metrics", "containerPort");
         assert_eq!(
             named_metrics,
             [metrics_port],
@@ -217,13 +222,7 @@ fn admin_port_stays_on_loopback_and_prometheus_scrapes_the_metrics_port() {
                 "{file}: the Service publishes the admin port: {p:?}"
             );
         }
-        let metrics_targets: Vec<u64> = d["spec"]["ports"]
-            .as_sequence()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["name"].as_str() == Some("metrics"))
-            .filter_map(|p| p["targetPort"].as_u64())
-            .collect();
+        let metrics_targets = named_ports(&d["spec"]["ports"], "metrics", "targetPort");
         assert_eq!(
             metrics_targets,
             [metrics_port],

@@ -33,11 +33,8 @@ pub(crate) async fn handle(
     if req.uri().path() == "/log-level" {
         return log_level(shared, req, peer).await;
     }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET and HEAD are allowed\n",
-        );
+    if let Some(refused) = read_only(&req) {
+        return refused;
     }
     match req.uri().path() {
         "/metrics" => metrics_page(shared),
@@ -125,11 +122,8 @@ async fn log_level(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) ->
 /// The `admin.metrics_listen` listener: `GET /metrics` and nothing else, so Prometheus
 /// can reach it from outside the pod while `/config` and `/log-level` stay on loopback.
 pub(crate) fn metrics_only<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET and HEAD are allowed\n",
-        );
+    if let Some(refused) = read_only(req) {
+        return refused;
     }
     match req.uri().path() {
         "/metrics" => metrics_page(shared),
@@ -138,6 +132,16 @@ pub(crate) fn metrics_only<B>(shared: &Shared, req: &Request<B>) -> Response<Bod
             "only /metrics is served on this port; the rest of admin is on admin.listen\n",
         ),
     }
+}
+
+/// 405 for anything but GET and HEAD: the read-only endpoints change nothing.
+fn read_only<B>(req: &Request<B>) -> Option<Response<Body>> {
+    (req.method() != Method::GET && req.method() != Method::HEAD).then(|| {
+        text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are allowed\n",
+        )
+    })
 }
 
 fn metrics_page(shared: &Shared) -> Response<Body> {
