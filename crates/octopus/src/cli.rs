@@ -39,6 +39,9 @@ pub enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Write the pod's traffic-capture rules (iptables nat, IPv4 and IPv6): run once by
+    /// an init container with NET_ADMIN and NET_RAW. Idempotent.
+    Init(InitArgs),
     /// Certificate tools for operators.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -81,6 +84,37 @@ pub struct ValidateArgs {
     /// inside the pod); everything else is checked.
     #[arg(long)]
     pub offline: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InitArgs {
+    /// Where captured outbound TCP goes (outbound.listen's port).
+    #[arg(long, default_value_t = 15001)]
+    pub outbound_port: u16,
+    /// Where captured inbound TCP goes (inbound.listen's port).
+    #[arg(long, default_value_t = 15006)]
+    pub inbound_port: u16,
+    /// The UID octopus runs as: its own connections are never captured.
+    #[arg(long, default_value_t = 2102)]
+    pub proxy_uid: u32,
+    /// Outbound destination ports left alone (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub skip_outbound_ports: Vec<u16>,
+    /// Inbound destination ports left alone (comma-separated), e.g. the metrics port.
+    #[arg(long, value_delimiter = ',')]
+    pub skip_inbound_ports: Vec<u16>,
+    /// Outbound destinations left alone (comma-separated CIDRs), e.g. 169.254.169.254/32.
+    #[arg(long, value_delimiter = ',')]
+    pub skip_cidrs: Vec<crate::init::Cidr>,
+    /// Print the iptables commands instead of running them.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove octopus' chains and the jumps into them.
+    #[arg(long)]
+    pub remove: bool,
+    /// Leave IPv6 alone even where the kernel has it.
+    #[arg(long)]
+    pub no_ipv6: bool,
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod init;
 mod logging;
 mod probe;
 mod run;
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
     match command {
         cli::Command::Run(args) => run::run(args, log_filter),
         cli::Command::Validate(args) => run::validate(&args),
+        cli::Command::Init(args) => init::run(&args),
         cli::Command::Cert(cli::CertCommand::Inspect { file }) => run::inspect(&file),
         cli::Command::Schema => {
             let schema = octopus_config::json_schema();
