@@ -481,3 +481,90 @@ async fn min_version_1_2_admits_tls12_clients() {
         "min_version 1.2 admits TLS 1.2"
     );
 }
+
+#[tokio::test]
+async fn permissive_inbound_takes_mtls_and_plain_clients_on_one_port() {
+    let s = setup("permissive").await;
+    let client_cert = s.ca.issue(&s.dir, "frontend", &[FRONTEND], false);
+    let yaml = |mode: &str| {
+        format!(
+            "{}    mode: {mode}\n",
+            inbound_yaml(
+                &s.app,
+                &s.server.cert,
+                &s.server.key,
+                &s.dir.join("ca.crt"),
+                &[FRONTEND]
+            )
+        )
+    };
+    let proxy = start(&yaml("permissive")).await;
+    let addr = proxy.inbound_addr().unwrap();
+    // An mTLS client: its verified identity reaches the app.
+    let client = TlsClient::new(
+        &s.ca.pem,
+        Some((&client_cert.cert_pem, &client_cert.key_pem)),
+        "payments.test",
+        &[b"http/1.1"],
+    );
+    let r = request_over(
+        client.connect(addr).await.unwrap(),
+        false,
+        get_req("payments.test", &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.json()["headers"]["x-octopus-peer-identity"], FRONTEND);
+    // A plain client on the same port: served, with no identity, and a forged one is
+    // stripped.
+    for h2 in [false, true] {
+        let client = if h2 {
+            HttpClient::http2(addr)
+        } else {
+            HttpClient::http1()
+        };
+        let r = client
+            .get(
+                addr,
+                "payments",
+                "/who",
+                &[("x-octopus-peer-identity", FRONTEND)],
+            )
+            .await;
+        assert_eq!(r.status, 200, "h2 {h2}: {}", r.text());
+        assert!(
+            r.json()["headers"].get("x-octopus-peer-identity").is_none(),
+            "{}",
+            r.text()
+        );
+    }
+    let m = admin(&proxy, "/metrics").await.text();
+    assert!(
+        m.contains(r#"octopus_inbound_connections_total{transport="mtls"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"octopus_inbound_connections_total{transport="plaintext"} 2"#),
+        "{m}"
+    );
+
+    // Strict (the default): the same plain request gets no answer.
+    proxy.reload(parse(&yaml("strict")), None).await.unwrap();
+    let plain = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /who HTTP/1.1\r\nhost: payments\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        buf
+    })
+    .await
+    .expect("strict mode closes a plain connection");
+    assert!(
+        !String::from_utf8_lossy(&plain).contains("200 OK"),
+        "{}",
+        String::from_utf8_lossy(&plain)
+    );
+}

@@ -355,6 +355,20 @@ pub struct InboundTlsConfig {
     /// Lowest TLS version accepted: "1.3" (default) or "1.2".
     #[serde(default = "defaults::min_tls_version")]
     pub min_version: String,
+    /// `strict`: mTLS only. `permissive`: mTLS and plain HTTP on the same port (told
+    /// apart by the first byte), to move a service's clients to mTLS one at a time.
+    #[serde(default)]
+    pub mode: TlsMode,
+}
+
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    #[default]
+    Strict,
+    Permissive,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]

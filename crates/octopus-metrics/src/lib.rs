@@ -36,6 +36,7 @@ pub struct Metrics {
     pub access_log_dropped_total: IntCounter,
     pub trace_spans_total: IntCounterVec,
     pub downstream_bytes_total: IntCounterVec,
+    pub inbound_connections_total: IntCounterVec,
     pub upstream_bytes_total: IntCounterVec,
     pub connections_total: IntCounterVec,
     pub connections_active: IntGaugeVec,
@@ -132,6 +133,11 @@ impl Metrics {
                     "Access-log lines dropped because the writer's queue was full (traffic is never held up for a log line).",
                 )
                 .expect("static metric definition"),
+            ),
+            inbound_connections_total: f.counters(
+                "octopus_inbound_connections_total",
+                "Connections accepted on an inbound listener with tls, by transport: mtls (handshake completed) or plaintext (inbound.tls.mode: permissive).",
+                &["transport"],
             ),
             downstream_bytes_total: f.counters(
                 "octopus_downstream_bytes_total",
@@ -252,6 +258,9 @@ impl Metrics {
                 .expect("metric families have distinct names");
         }
         // Series that exist from the start, so alerts on `increase(...)` see them.
+        for t in ["mtls", "plaintext"] {
+            m.inbound_connections_total.with_label_values(&[t]);
+        }
         for r in ["exported", "dropped", "export_failed"] {
             m.trace_spans_total.with_label_values(&[r]);
         }

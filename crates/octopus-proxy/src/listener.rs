@@ -114,6 +114,8 @@ pub(crate) async fn serve<H, Fut>(
     // Each connection task holds a sender; the drain is over when all are dropped.
     let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let accepted = metrics.connections_total.with_label_values(&[name]);
+    let transports =
+        ["mtls", "plaintext"].map(|t| metrics.inbound_connections_total.with_label_values(&[t]));
     let bytes = crate::counted::ByteCounters {
         received: metrics
             .downstream_bytes_total
@@ -214,10 +216,31 @@ pub(crate) async fn serve<H, Fut>(
                 });
             }
             Some(tls) => {
+                let permissive = tls.spec().mode == octopus_config::TlsMode::Permissive;
+                let (mtls, plaintext) = (transports[0].clone(), transports[1].clone());
+                let first_byte_wait = current.header_read_timeout;
                 tokio::spawn(async move {
+                    // Permissive: a connection that does not open with a TLS handshake
+                    // record is a plain HTTP client, served as one (no identity).
+                    if permissive && !opens_with_tls(&stream, first_byte_wait).await {
+                        plaintext.inc();
+                        let info = ConnInfo {
+                            peer,
+                            forwarded_for,
+                            identity: None,
+                            allowed: true,
+                            tls: false,
+                        };
+                        let stream = Counted::new(stream, Some(bytes));
+                        let result =
+                            serve_connection(&builder, stream, h, info, stop, idle_timeout).await;
+                        end.finish(result);
+                        return;
+                    }
                     let result = match tls.accept(stream, peer).await {
                         None => Ok(()),
                         Some(acc) => {
+                            mtls.inc();
                             let info = ConnInfo {
                                 peer,
                                 forwarded_for,
@@ -237,6 +260,17 @@ pub(crate) async fn serve<H, Fut>(
     drop(listener);
     drop(alive);
     let _ = all_closed.recv().await;
+}
+
+/// Whether a connection's first byte is a TLS handshake record (0x16), read without
+/// consuming it. A client that sends nothing within `wait` (or fails) is handed to the
+/// TLS side, whose handshake timeout and error handling apply.
+async fn opens_with_tls(stream: &tokio::net::TcpStream, wait: Duration) -> bool {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => first[0] == 0x16,
+        _ => true,
+    }
 }
 
 /// Serves one connection until it ends: on `stop`, or after `idle` with no request
