@@ -57,17 +57,36 @@ impl FailureLog {
         let cluster = e.cluster().map_or("-", |c| &**c);
         let cause = crate::endpoint::error_chain(e);
         let status = e.recorded_status();
+        let more = match similar {
+            0 => String::new(),
+            n => format!(
+                " ({n} more of this kind not logged in the previous {}s)",
+                INTERVAL.as_secs()
+            ),
+        };
         match e.fault() {
             // The client's own mistakes are routine for a proxy: info.
             Fault::Client => tracing::info!(
-                direction, route, cluster, status, kind, fault = "client", request_id, similar,
-                "request failed: {cause} ({similar} more of this kind not logged in the previous {}s)",
-                INTERVAL.as_secs()
+                direction,
+                route,
+                cluster,
+                status,
+                kind,
+                fault = "client",
+                request_id,
+                similar,
+                "request failed: {cause}{more}"
             ),
             fault => tracing::warn!(
-                direction, route, cluster, status, kind, fault = fault.name(), request_id, similar,
-                "request failed: {cause} ({similar} more of this kind not logged in the previous {}s)",
-                INTERVAL.as_secs()
+                direction,
+                route,
+                cluster,
+                status,
+                kind,
+                fault = fault.name(),
+                request_id,
+                similar,
+                "request failed: {cause}{more}"
             ),
         }
     }
