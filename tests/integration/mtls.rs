@@ -62,6 +62,27 @@ fn get_req(host: &str, extra: &[(&str, &str)]) -> http::Request<Full<Bytes>> {
     b.body(Full::default()).unwrap()
 }
 
+/// An HTTP/1.1 client of the inbound listener that presents `leaf`.
+fn h1_client(ca: &Ca, leaf: &Leaf) -> TlsClient {
+    TlsClient::new(
+        &ca.pem,
+        Some((&leaf.cert_pem, &leaf.key_pem)),
+        "payments.test",
+        &[b"http/1.1"],
+    )
+}
+
+/// `GET /who` over a new connection of `client`.
+async fn get_who(client: &TlsClient, addr: std::net::SocketAddr) -> Reply {
+    request_over(
+        client.connect(addr).await.unwrap(),
+        false,
+        get_req("payments.test", &[]),
+    )
+    .await
+    .unwrap()
+}
+
 async fn handshakes(proxy: &octopus_proxy::Proxy, direction: &str, result: &str) -> u64 {
     let m = admin(proxy, "/metrics").await.text();
     let needle =
@@ -170,19 +191,7 @@ async fn bad_clients_are_refused_with_the_right_reason() {
     assert_eq!(s.app.hits(), 0, "no refused client reached the app");
 
     // A valid certificate for an identity that is not allowed in: 403.
-    let client = TlsClient::new(
-        &s.ca.pem,
-        Some((&intruder.cert_pem, &intruder.key_pem)),
-        "payments.test",
-        &[b"http/1.1"],
-    );
-    let r = request_over(
-        client.connect(addr).await.unwrap(),
-        false,
-        get_req("payments.test", &[]),
-    )
-    .await
-    .unwrap();
+    let r = get_who(&h1_client(&s.ca, &intruder), addr).await;
     assert_eq!(
         (r.status.as_u16(), r.text()),
         (403, "identity not allowed\n".to_string())
@@ -242,12 +251,7 @@ async fn rotation_keeps_connections_and_rejects_broken_files() {
     ))
     .await;
     let addr = proxy.inbound_addr().unwrap();
-    let client = TlsClient::new(
-        &s.ca.pem,
-        Some((&frontend.cert_pem, &frontend.key_pem)),
-        "payments.test",
-        &[b"http/1.1"],
-    );
+    let client = h1_client(&s.ca, &frontend);
     let served_cert = async |c: &TlsClient| {
         let stream = c.connect(addr).await.unwrap();
         let der = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
@@ -331,19 +335,11 @@ async fn ca_rotation_through_a_trust_bundle() {
     ))
     .await;
     let addr = proxy.inbound_addr().unwrap();
-    let works = async |leaf: &Leaf| {
-        let c = TlsClient::new(
-            &s.ca.pem,
-            Some((&leaf.cert_pem, &leaf.key_pem)),
-            "payments.test",
-            &[b"http/1.1"],
-        );
-        match c.connect(addr).await {
-            Ok(stream) => request_over(stream, false, get_req("payments.test", &[]))
-                .await
-                .is_ok_and(|r| r.status == 200),
-            Err(_) => false,
-        }
+    let works = async |leaf: &Leaf| match h1_client(&s.ca, leaf).connect(addr).await {
+        Ok(stream) => request_over(stream, false, get_req("payments.test", &[]))
+            .await
+            .is_ok_and(|r| r.status == 200),
+        Err(_) => false,
     };
     assert!(
         works(&old_client).await && works(&new_client).await,
@@ -501,19 +497,7 @@ async fn permissive_inbound_takes_mtls_and_plain_clients_on_one_port() {
     let proxy = start(&yaml("permissive")).await;
     let addr = proxy.inbound_addr().unwrap();
     // An mTLS client: its verified identity reaches the app.
-    let client = TlsClient::new(
-        &s.ca.pem,
-        Some((&client_cert.cert_pem, &client_cert.key_pem)),
-        "payments.test",
-        &[b"http/1.1"],
-    );
-    let r = request_over(
-        client.connect(addr).await.unwrap(),
-        false,
-        get_req("payments.test", &[]),
-    )
-    .await
-    .unwrap();
+    let r = get_who(&h1_client(&s.ca, &client_cert), addr).await;
     assert_eq!(r.json()["headers"]["x-octopus-peer-identity"], FRONTEND);
     // A plain client on the same port: served, with no identity, and a forged one is
     // stripped.

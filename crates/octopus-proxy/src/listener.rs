@@ -4,7 +4,7 @@
 //! connection idle for the listener's `idle_timeout` is closed the same graceful way.
 
 use crate::body::Body;
-use crate::counted::Counted;
+use crate::counted::{ByteCounters, Counted};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -87,6 +87,19 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
+impl ConnInfo {
+    /// A plain-HTTP client: no certificate, so no identity to check.
+    fn plain(peer: SocketAddr, forwarded_for: crate::headers::ForwardedFor) -> Self {
+        ConnInfo {
+            peer,
+            forwarded_for,
+            identity: None,
+            allowed: true,
+            tls: false,
+        }
+    }
+}
+
 /// Serves `listener` until `stop` fires, then drains its connections.
 pub(crate) async fn serve<H, Fut>(
     listener: TcpListener,
@@ -116,7 +129,7 @@ pub(crate) async fn serve<H, Fut>(
     let accepted = metrics.connections_total.with_label_values(&[name]);
     let transports =
         ["mtls", "plaintext"].map(|t| metrics.inbound_connections_total.with_label_values(&[t]));
-    let bytes = crate::counted::ByteCounters {
+    let bytes = ByteCounters {
         received: metrics
             .downstream_bytes_total
             .with_label_values(&[name, "received"]),
@@ -202,16 +215,10 @@ pub(crate) async fn serve<H, Fut>(
         match settings.tls() {
             None => {
                 tokio::spawn(async move {
-                    let info = ConnInfo {
-                        peer,
-                        forwarded_for,
-                        identity: None,
-                        allowed: true,
-                        tls: false,
-                    };
-                    let stream = Counted::new(stream, Some(bytes));
+                    let info = ConnInfo::plain(peer, forwarded_for);
                     let result =
-                        serve_connection(&builder, stream, h, info, stop, idle_timeout).await;
+                        serve_connection(&builder, stream, bytes, h, info, stop, idle_timeout)
+                            .await;
                     end.finish(result);
                 });
             }
@@ -224,16 +231,10 @@ pub(crate) async fn serve<H, Fut>(
                     // record is a plain HTTP client, served as one (no identity).
                     if permissive && !opens_with_tls(&stream, first_byte_wait).await {
                         plaintext.inc();
-                        let info = ConnInfo {
-                            peer,
-                            forwarded_for,
-                            identity: None,
-                            allowed: true,
-                            tls: false,
-                        };
-                        let stream = Counted::new(stream, Some(bytes));
+                        let info = ConnInfo::plain(peer, forwarded_for);
                         let result =
-                            serve_connection(&builder, stream, h, info, stop, idle_timeout).await;
+                            serve_connection(&builder, stream, bytes, h, info, stop, idle_timeout)
+                                .await;
                         end.finish(result);
                         return;
                     }
@@ -248,8 +249,16 @@ pub(crate) async fn serve<H, Fut>(
                                 allowed: acc.allowed,
                                 tls: true,
                             };
-                            let stream = Counted::new(acc.stream, Some(bytes));
-                            serve_connection(&builder, stream, h, info, stop, idle_timeout).await
+                            serve_connection(
+                                &builder,
+                                acc.stream,
+                                bytes,
+                                h,
+                                info,
+                                stop,
+                                idle_timeout,
+                            )
+                            .await
                         }
                     };
                     end.finish(result);
@@ -279,6 +288,7 @@ async fn opens_with_tls(stream: &tokio::net::TcpStream, wait: Duration) -> bool 
 async fn serve_connection<I, H, Fut>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
+    bytes: ByteCounters,
     h: H,
     info: ConnInfo,
     mut stop: watch::Receiver<bool>,
@@ -291,7 +301,7 @@ where
 {
     let activity = Arc::new(Activity::new());
     let conn = builder.serve_connection_with_upgrades(
-        TokioIo::new(io),
+        TokioIo::new(Counted::new(io, Some(bytes))),
         service(h, Arc::new(info), activity.clone()),
     );
     let mut conn = std::pin::pin!(conn);

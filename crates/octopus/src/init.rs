@@ -78,18 +78,7 @@ pub fn chain_rules(a: &InitArgs, family: Family) -> Vec<Rule> {
         ]),
     ];
     // Inbound: everything but the skipped ports goes to the inbound listener.
-    for port in &a.skip_inbound_ports {
-        r.push(rule(&[
-            "-A",
-            INBOUND,
-            "-p",
-            "tcp",
-            "--dport",
-            &port.to_string(),
-            "-j",
-            "RETURN",
-        ]));
-    }
+    r.extend(a.skip_inbound_ports.iter().map(|p| skip_port(INBOUND, *p)));
     r.push(rule(&["-A", INBOUND, "-p", "tcp", "-j", IN_REDIRECT]));
     // Outbound: not octopus' own connections, not loopback, not skipped ports or CIDRs.
     r.push(rule(&[
@@ -111,18 +100,7 @@ pub fn chain_rules(a: &InitArgs, family: Family) -> Vec<Rule> {
         "-j",
         "RETURN",
     ]));
-    for port in &a.skip_outbound_ports {
-        r.push(rule(&[
-            "-A",
-            OUTPUT,
-            "-p",
-            "tcp",
-            "--dport",
-            &port.to_string(),
-            "-j",
-            "RETURN",
-        ]));
-    }
+    r.extend(a.skip_outbound_ports.iter().map(|p| skip_port(OUTPUT, *p)));
     for cidr in a
         .skip_cidrs
         .iter()
@@ -139,6 +117,20 @@ pub fn chain_rules(a: &InitArgs, family: Family) -> Vec<Rule> {
     }
     r.push(rule(&["-A", OUTPUT, "-p", "tcp", "-j", REDIRECT]));
     r
+}
+
+/// Leaves TCP to destination `port` alone in `chain`.
+fn skip_port(chain: &str, port: u16) -> Rule {
+    rule(&[
+        "-A",
+        chain,
+        "-p",
+        "tcp",
+        "--dport",
+        &port.to_string(),
+        "-j",
+        "RETURN",
+    ])
 }
 
 /// The jumps from the built-in chains into octopus' chains (added only when missing).
