@@ -1,8 +1,11 @@
 //! The shipped Kubernetes manifests keep the admin port on loopback: the sidecar's
 //! probes run inside the container, Prometheus scrapes the metrics-only listener
 //! (`admin.metrics_listen`), no container, Service or NetworkPolicy opens the admin
-//! port, and the NetworkPolicy admits only the inbound and metrics ports. The files
-//! under `deploy/kubernetes/` are read as they are shipped.
+//! port, and the NetworkPolicy admits only the inbound and metrics ports. Traffic
+//! capture: an init container runs `octopus init` with just the capabilities it needs,
+//! exempting the UID octopus runs as and the metrics port, and the app's probes go
+//! through octopus (`/app-health/<name>` on the metrics port). The files under
+//! `deploy/kubernetes/` are read as they are shipped.
 
 use serde_yaml::Value;
 use std::path::{Path, PathBuf};
@@ -76,23 +79,28 @@ fn port_numbers(list: &Value, key: &str) -> Vec<u64> {
         .collect()
 }
 
-#[test]
-fn admin_port_stays_on_loopback_and_prometheus_scrapes_the_metrics_port() {
-    let docs = manifests();
-
-    // The sidecar's config: admin on loopback, a metrics-only listener on the pod IP.
+/// The sidecar's config from the ConfigMap, validated as `octopus validate --offline`
+/// does (the TLS files it names exist only inside the pod).
+fn sidecar_config(docs: &[(String, Value)]) -> octopus_config::Config {
     let text = docs
         .iter()
         .filter(|(_, d)| d["kind"].as_str() == Some("ConfigMap"))
         .find_map(|(_, d)| d["data"]["octopus.yaml"].as_str())
         .expect("no ConfigMap with data `octopus.yaml` under deploy/kubernetes");
-    // Offline: the TLS files the config names exist only inside the pod.
-    let config = octopus_config::load_str_with(
+    octopus_config::load_str_with(
         text,
         "octopus-configmap.yaml:octopus.yaml",
         octopus_config::Checks { offline: true },
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn admin_port_stays_on_loopback_and_prometheus_scrapes_the_metrics_port() {
+    let docs = manifests();
+
+    // The sidecar's config: admin on loopback, a metrics-only listener on the pod IP.
+    let config = sidecar_config(&docs);
     let admin = &config.admin;
     assert!(
         admin.listen.ip().is_some_and(|ip| ip.is_loopback()),
@@ -312,4 +320,209 @@ fn admin_port_stays_on_loopback_and_prometheus_scrapes_the_metrics_port() {
         ingress_ports, wanted,
         "the NetworkPolicy admits more than the inbound and metrics ports"
     );
+}
+
+/// The value of `--flag` in an argument list (`--flag VALUE` or `--flag=VALUE`).
+fn flag<'a>(args: &'a [&'a str], name: &str) -> Option<&'a str> {
+    let eq = format!("{name}=");
+    args.iter().enumerate().find_map(|(i, a)| {
+        if *a == name {
+            args.get(i + 1).copied()
+        } else {
+            a.strip_prefix(eq.as_str())
+        }
+    })
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .collect()
+}
+
+/// A container's effective UID: its own `runAsUser`, else the pod's.
+fn run_as_user(container: &Value, pod: &Value) -> Option<u64> {
+    container["securityContext"]["runAsUser"]
+        .as_u64()
+        .or_else(|| pod["securityContext"]["runAsUser"].as_u64())
+}
+
+#[test]
+fn capture_init_container_and_app_probes_through_the_metrics_port() {
+    let docs = manifests();
+    let config = sidecar_config(&docs);
+    let metrics_port = u64::from(
+        config
+            .admin
+            .metrics_listen
+            .as_ref()
+            .expect("admin.metrics_listen is not set: the kubelet's app probes need it")
+            .port,
+    );
+    let app_probes = &config.admin.app_probes;
+    assert!(
+        !app_probes.is_empty(),
+        "admin.app_probes is empty: the app's probes have nothing to run"
+    );
+    let inbound_port = config.inbound.as_ref().map(|i| u64::from(i.listen.port));
+    let outbound_port = config.outbound.as_ref().map(|o| u64::from(o.listen.port));
+
+    let mut deployments = 0;
+    for (file, deployment) in &docs {
+        if deployment["kind"].as_str() != Some("Deployment") {
+            continue;
+        }
+        deployments += 1;
+        let pod = &deployment["spec"]["template"]["spec"];
+        let inits: Vec<&Value> = pod["initContainers"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .collect();
+
+        // The init container: `octopus init`, root with NET_ADMIN and NET_RAW only.
+        let (init_at, init) = inits
+            .iter()
+            .enumerate()
+            .find(|(_, c)| strings(&c["args"]).first() == Some(&"init"))
+            .unwrap_or_else(|| panic!("{file}: no init container runs `octopus init`"));
+        let name = init["name"].as_str().unwrap_or_default();
+        let sc = &init["securityContext"];
+        let mut added = strings(&sc["capabilities"]["add"]);
+        added.sort_unstable();
+        assert_eq!(
+            added,
+            ["NET_ADMIN", "NET_RAW"],
+            "{file}: {name} capabilities.add"
+        );
+        assert_eq!(
+            strings(&sc["capabilities"]["drop"]),
+            ["ALL"],
+            "{file}: {name} must drop every other capability"
+        );
+        assert_eq!(
+            sc["runAsUser"].as_u64(),
+            Some(0),
+            "{file}: {name} runs iptables as root"
+        );
+        assert_eq!(
+            sc["runAsNonRoot"].as_bool(),
+            Some(false),
+            "{file}: {name} must override the pod's runAsNonRoot"
+        );
+        assert!(
+            init["restartPolicy"].is_null(),
+            "{file}: {name} is a one-shot init container, not a sidecar"
+        );
+
+        let sidecar = pod_containers(deployment)
+            .into_iter()
+            .find(|c| c["name"].as_str() == Some("octopus"))
+            .unwrap_or_else(|| panic!("{file}: no container named octopus"));
+        assert_eq!(
+            init["image"], sidecar["image"],
+            "{file}: {name} runs `octopus init` from the octopus image"
+        );
+        // A native sidecar is an init container too: capture must be in place first.
+        if let Some(sidecar_at) = inits
+            .iter()
+            .position(|c| c["name"].as_str() == Some("octopus"))
+        {
+            assert!(
+                init_at < sidecar_at,
+                "{file}: {name} must run before the octopus sidecar"
+            );
+        }
+
+        // Its flags agree with the config and with the UID octopus runs as.
+        let args = strings(&init["args"]);
+        let number = |f: &str| {
+            flag(&args, f).map(|v| {
+                v.parse::<u64>()
+                    .unwrap_or_else(|e| panic!("{file}: {name} {f} {v}: {e}"))
+            })
+        };
+        let proxy_uid = number("--proxy-uid")
+            .unwrap_or_else(|| panic!("{file}: {name} does not set --proxy-uid"));
+        let sidecar_uid = sidecar["securityContext"]["runAsUser"].as_u64();
+        assert_eq!(
+            sidecar_uid,
+            Some(proxy_uid),
+            "{file}: the octopus container's runAsUser must be --proxy-uid, or octopus would capture its own connections"
+        );
+        for c in pod["containers"].as_sequence().into_iter().flatten() {
+            if c["name"].as_str() != Some("octopus") {
+                assert_ne!(
+                    run_as_user(c, pod),
+                    Some(proxy_uid),
+                    "{file}: container {:?} runs as --proxy-uid, so its traffic would bypass octopus",
+                    c["name"].as_str()
+                );
+            }
+        }
+        assert_eq!(
+            number("--inbound-port"),
+            inbound_port,
+            "{file}: {name} --inbound-port vs inbound.listen"
+        );
+        assert_eq!(
+            number("--outbound-port"),
+            outbound_port,
+            "{file}: {name} --outbound-port vs outbound.listen"
+        );
+        let skipped: Vec<u64> = flag(&args, "--skip-inbound-ports")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|p| p.trim().parse().ok())
+            .collect();
+        assert!(
+            skipped.contains(&metrics_port),
+            "{file}: {name} must leave the metrics/probe port {metrics_port} out of capture (--skip-inbound-ports), or the kubelet's probes and Prometheus reach the mTLS-only inbound listener"
+        );
+
+        // The app's probes: httpGet on the metrics port, naming configured app probes;
+        // no exec probe, which would need octopus in the app's image.
+        let apps: Vec<&Value> = pod["containers"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["name"].as_str() != Some("octopus"))
+            .collect();
+        assert!(!apps.is_empty(), "{file}: no app container");
+        for app in apps {
+            let app_name = app["name"].as_str().unwrap_or_default();
+            for probe in ["readinessProbe", "livenessProbe"] {
+                let p = &app[probe];
+                assert!(!p.is_null(), "{file}: {app_name} has no {probe}");
+                assert!(
+                    p["exec"].is_null(),
+                    "{file}: {app_name}'s {probe} is an exec probe; the app's image has no octopus"
+                );
+                let get = &p["httpGet"];
+                assert_eq!(
+                    get["port"].as_u64(),
+                    Some(metrics_port),
+                    "{file}: {app_name}'s {probe} must GET admin.metrics_listen's port"
+                );
+                let path = get["path"].as_str().unwrap_or_default();
+                let probe_name = path.strip_prefix("/app-health/").unwrap_or_else(|| {
+                    panic!("{file}: {app_name}'s {probe} GETs {path:?}, not /app-health/<name>")
+                });
+                let configured = app_probes.get(probe_name).unwrap_or_else(|| {
+                    panic!("{file}: {app_name}'s {probe} names {probe_name:?}, which admin.app_probes does not configure")
+                });
+                // The kubelet must wait longer than octopus' own probe, or a slow app
+                // shows as a kubelet timeout instead of octopus' 503 and its reason.
+                let kubelet_timeout = p["timeoutSeconds"].as_u64().unwrap_or(1);
+                assert!(
+                    std::time::Duration::from_secs(kubelet_timeout) > configured.timeout.get(),
+                    "{file}: {app_name}'s {probe} timeoutSeconds ({kubelet_timeout}) must exceed admin.app_probes.{probe_name}.timeout ({})",
+                    configured.timeout
+                );
+            }
+        }
+    }
+    assert!(deployments > 0, "no Deployment under deploy/kubernetes");
 }

@@ -19,7 +19,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use schema::*;
-pub use types::{Duration, HashOn, HostPort, Hosts, LbPolicy, Protocol, RetryOn};
+pub use types::{Cidr, Cidrs, Duration, HashOn, HostPort, Hosts, LbPolicy, Protocol, RetryOn};
 pub use validate::{otlp_endpoint, Checks};
 pub use watch::ConfigWatcher;
 

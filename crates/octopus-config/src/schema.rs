@@ -2,7 +2,7 @@
 //! `docs/configuration.md`). Every struct rejects unknown keys, so a typo is an error
 //! rather than a silently ignored setting.
 
-use crate::types::{Duration, HashOn, HostPort, Hosts, LbPolicy, Protocol, RetryOn};
+use crate::types::{Cidrs, Duration, HashOn, HostPort, Hosts, LbPolicy, Protocol, RetryOn};
 use serde::{de, Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 
@@ -85,6 +85,12 @@ pub struct AdminConfig {
     /// (e.g. `0.0.0.0:9902`), so `admin.listen` can stay on loopback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<HostPort>,
+    /// Probes of the local app that octopus runs on the kubelet's behalf, served at
+    /// `GET /app-health/<name>` on `listen` and `metrics_listen`. The kubelet cannot
+    /// probe the app itself once inbound traffic is captured into the mTLS-only inbound
+    /// listener, and an exec probe would need octopus inside the app's image.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub app_probes: BTreeMap<String, AppProbeConfig>,
 }
 
 impl Default for AdminConfig {
@@ -93,7 +99,36 @@ impl Default for AdminConfig {
             listen: defaults::admin_listen(),
             allow_remote_log_level: false,
             metrics_listen: None,
+            app_probes: BTreeMap::new(),
         }
+    }
+}
+
+/// `admin.app_probes.<name>`: an HTTP GET of `path` (200-399 passes, the kubelet's
+/// rule), or a TCP connect when `path` is absent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppProbeConfig {
+    pub port: u16,
+    /// Path (and query) of the HTTP GET, starting with `/`. Absent: a TCP connect check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The app's address: an IP literal, loopback by default because the app and
+    /// octopus share the pod's network namespace. The scheme is always plain http.
+    #[serde(default = "AppProbeConfig::default_host")]
+    pub host: std::net::IpAddr,
+    /// The whole probe (connect and answer) must finish within this.
+    #[serde(default = "AppProbeConfig::default_timeout")]
+    pub timeout: Duration,
+}
+
+impl AppProbeConfig {
+    fn default_host() -> std::net::IpAddr {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+    }
+    /// The kubelet's own default `timeoutSeconds`.
+    fn default_timeout() -> Duration {
+        Duration::from_millis(1_000)
     }
 }
 
@@ -137,6 +172,57 @@ pub struct OutboundConfig {
     pub access_log: Option<AccessLogConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Connections that are not HTTP, or arrive for an `opaque_ports` port, matched on
+    /// their destination (the original one when captured); the first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp_routes: Vec<TcpRouteConfig>,
+    /// Destination ports carried as opaque TCP with no protocol detection (databases
+    /// and brokers whose clients or servers speak first in ways detection cannot tell).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub opaque_ports: Vec<u16>,
+    /// A captured HTTP request or TCP connection that matches no route: `passthrough`
+    /// (to its original destination, unchanged) or `refuse` (404 / connection closed).
+    #[serde(default)]
+    pub unmatched: Unmatched,
+    /// How long a captured connection may stay silent (client and server) before it is
+    /// carried as opaque TCP. A server that speaks first switches it at once.
+    #[serde(default = "defaults::detect_timeout")]
+    pub detect_timeout: Duration,
+}
+
+/// `outbound.unmatched`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    #[default]
+    Passthrough,
+    Refuse,
+}
+
+/// `outbound.tcp_routes[]`: opaque TCP to a `protocol: tcp` cluster.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TcpRouteConfig {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matches: TcpMatchConfig,
+    pub cluster: String,
+    /// A connection with no bytes either way for this long is closed.
+    #[serde(default = "defaults::tcp_idle_timeout")]
+    pub idle_timeout: Duration,
+}
+
+/// What a TCP route matches: the destination port and/or network; both optional
+/// (an empty match takes every connection that reaches it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TcpMatchConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Cidrs>,
 }
 
 /// `outbound.access_log` / `inbound.access_log`.
@@ -341,6 +427,17 @@ pub struct InboundConfig {
     pub app_protocol: Protocol,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<InboundTlsConfig>,
+    /// App ports whose plain (non-mTLS) captured connections are carried as opaque TCP
+    /// with no protocol detection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub opaque_ports: Vec<u16>,
+    /// As `outbound.detect_timeout`, for plain captured connections.
+    #[serde(default = "defaults::detect_timeout")]
+    pub detect_timeout: Duration,
+    /// An opaque TCP connection to the app with no bytes either way for this long is
+    /// closed.
+    #[serde(default = "defaults::tcp_idle_timeout")]
+    pub tcp_idle_timeout: Duration,
 }
 
 /// File paths only: /config prints these, never the files' contents.
@@ -541,6 +638,8 @@ pub struct ClusterTlsConfig {
 
 /// Default largest request or response head, in bytes (listeners and clusters).
 pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
+/// A stalled request body is abandoned after this long unless a route says otherwise.
+pub const DEFAULT_REQUEST_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Default most header fields in a request or response head.
 pub const DEFAULT_MAX_HEADERS: u32 = 100;
 
@@ -600,6 +699,12 @@ mod defaults {
     pub fn max_headers() -> u32 {
         DEFAULT_MAX_HEADERS
     }
+    pub fn detect_timeout() -> Duration {
+        Duration(std::time::Duration::from_secs(1))
+    }
+    pub fn tcp_idle_timeout() -> Duration {
+        Duration(std::time::Duration::from_secs(3600))
+    }
     pub fn idle_timeout() -> Duration {
         Duration::from_millis(300_000)
     }
@@ -624,7 +729,7 @@ mod defaults {
         vec!["websocket".into()]
     }
     pub fn request_body_timeout() -> Duration {
-        Duration::from_millis(30_000)
+        Duration(super::DEFAULT_REQUEST_BODY_TIMEOUT)
     }
     pub fn inbound_limits() -> CircuitBreakerConfig {
         CircuitBreakerConfig {

@@ -184,6 +184,9 @@ pub enum Protocol {
     Http1,
     /// HTTP/2 with prior knowledge (h2c), or negotiated by ALPN under TLS.
     Http2,
+    /// Opaque TCP: bytes carried both ways unchanged, for `tcp_routes` (databases,
+    /// brokers). With `tls`, the stream is wrapped in mTLS to the peer's sidecar.
+    Tcp,
 }
 
 #[derive(
@@ -482,5 +485,136 @@ mod tests {
         );
         assert!("query:x".parse::<HashOn>().is_err());
         assert!("header:".parse::<HashOn>().is_err());
+    }
+}
+
+/// An IP network `addr/prefix` (`10.0.0.0/8`, `fd00::/8`); a bare address is a /32
+/// (or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4 client reaching an IPv6 socket shows up as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("invalid network `{s}`: {why}");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| bad("expected an IP address such as 10.0.0.0/8"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| bad(&format!("the prefix length must be 0-{max}")))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+string_serde!(Cidr, "a network such as `10.0.0.0/8`");
+string_schema!(Cidr, "Cidr", {
+    "description": "An IP network `addr/prefix`, e.g. 10.0.0.0/8 or fd00::/8",
+    "type": "string"
+});
+
+/// `match.destination` of a TCP route: one network or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cidrs(pub Vec<Cidr>);
+
+impl Cidrs {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|c| c.contains(ip))
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidrs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Cidrs;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a network such as 10.0.0.0/8, or a list of them")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Cidrs, E> {
+                v.parse().map(|c| Cidrs(vec![c])).map_err(E::custom)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Cidrs, A::Error> {
+                let mut out = Vec::new();
+                while let Some(c) = seq.next_element::<Cidr>()? {
+                    out.push(c);
+                }
+                if out.is_empty() {
+                    return Err(de::Error::custom(
+                        "an empty list matches nothing; leave `destination` out to match any",
+                    ));
+                }
+                Ok(Cidrs(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for Cidrs {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl schemars::JsonSchema for Cidrs {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Cidrs".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "An IP network (10.0.0.0/8) or a list of them",
+            "anyOf": [
+                { "type": "string" },
+                { "type": "array", "items": { "type": "string" }, "minItems": 1 }
+            ]
+        })
     }
 }

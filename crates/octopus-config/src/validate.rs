@@ -3,7 +3,7 @@
 
 use crate::error::{did_you_mean, ConfigError};
 use crate::schema::*;
-use crate::types::{http_token, HostPort};
+use crate::types::{http_token, HostPort, Protocol};
 use std::collections::{HashMap, HashSet};
 
 fn dns_label(s: &str) -> bool {
@@ -42,12 +42,23 @@ pub(crate) fn check(c: &Config, checks: Checks) -> Vec<ConfigError> {
         checks,
     };
     v.listeners(c);
+    v.app_probes(&c.admin);
     if let Some(out) = &c.outbound {
         v.routes(out, c);
+        v.tcp_routes(out, c);
         v.access_log("outbound.access_log", out.access_log.as_ref());
     }
     if let Some(inb) = &c.inbound {
         v.access_log("inbound.access_log", inb.access_log.as_ref());
+        if inb.app_protocol == Protocol::Tcp {
+            v.err(
+                "inbound.app_protocol",
+                "`tcp`: the app's HTTP protocol is http1 or http2; opaque TCP reaches the app by the port a peer connected to",
+            );
+        }
+        v.ports("inbound.opaque_ports", &inb.opaque_ports);
+        v.at_least_10ms("inbound.detect_timeout", inb.detect_timeout);
+        v.at_least_10ms("inbound.tcp_idle_timeout", inb.tcp_idle_timeout);
     }
     if let Some(inb) = &c.inbound {
         if let Some(tls) = &inb.tls {
@@ -122,6 +133,51 @@ impl Checker {
         }
         if let Err(e) = std::fs::File::open(file) {
             self.err(path, format!("cannot read `{file}`: {e}"));
+        }
+    }
+
+    /// `admin.app_probes`: each name is a path segment of `/app-health/<name>` and a
+    /// metric label, so it is held to DNS-label characters; each probe must be one the
+    /// admin port can finish well within the kubelet's own timeout.
+    fn app_probes(&mut self, admin: &AdminConfig) {
+        for (name, probe) in &admin.app_probes {
+            let p = format!("admin.app_probes.{name}");
+            let name_ok = (1..=63).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !name_ok {
+                self.err(
+                    &p,
+                    format!("`{name}`: a probe name must be 1-63 characters of [a-z0-9-] (it is the path segment of /app-health/<name> and a metrics label)"),
+                );
+            }
+            if probe.port == 0 {
+                self.err(format!("{p}.port"), "must be 1-65535");
+            }
+            if let Some(path) = &probe.path {
+                if !path.starts_with('/') {
+                    self.err(
+                        format!("{p}.path"),
+                        format!("`{path}`: must start with `/`"),
+                    );
+                } else if let Some(bad) = path.chars().find(|ch| !probe_path_char(*ch)) {
+                    // Refused here rather than at probe time, where it could only fail
+                    // every probe: the request line must be a valid URI path and query.
+                    self.err(
+                        format!("{p}.path"),
+                        format!(
+                            "`{path}`: {bad:?} is not allowed in a URL path; percent-encode it"
+                        ),
+                    );
+                }
+            }
+            let t = probe.timeout.get();
+            if t.is_zero() {
+                self.err(format!("{p}.timeout"), "must be greater than 0");
+            } else if t > std::time::Duration::from_secs(60) {
+                self.err(format!("{p}.timeout"), "must be at most 60s");
+            }
         }
     }
 
@@ -258,10 +314,20 @@ impl Checker {
                 );
             }
             self.matcher(&p, &r.matches);
-            let known = |name: &str| c.clusters.contains_key(name);
+            let http_clusters = || {
+                c.clusters
+                    .iter()
+                    .filter(|(_, k)| k.protocol != Protocol::Tcp)
+                    .map(|(n, _)| n.as_str())
+            };
+            let known = |name: &str| http_clusters().any(|n| n == name);
             let unknown = |name: &str| {
-                let names = c.clusters.keys().map(String::as_str);
-                format!("unknown cluster `{name}`{}", did_you_mean(name, names))
+                match c.clusters.get(name) {
+                Some(_) => format!(
+                    "cluster `{name}` has `protocol: tcp`; an HTTP route sends to http1 or http2 clusters (use `tcp_routes` for it)"
+                ),
+                None => format!("unknown cluster `{name}`{}", did_you_mean(name, http_clusters())),
+            }
             };
             match (&r.cluster, &r.split) {
                 (Some(_), Some(_)) => self.err(&p, "set either `cluster` or `split`, not both"),
@@ -332,6 +398,67 @@ impl Checker {
                 }
             }
             self.body_timeout(&format!("{p}.request_body_timeout"), r.request_body_timeout);
+        }
+    }
+
+    fn tcp_routes(&mut self, out: &OutboundConfig, c: &Config) {
+        let mut names: HashSet<&str> = out.routes.iter().map(|r| r.name.as_str()).collect();
+        for (i, r) in out.tcp_routes.iter().enumerate() {
+            let p = format!("outbound.tcp_routes[{i}]");
+            if RESERVED_ROUTE_LABELS.contains(&r.name.as_str()) {
+                self.err(
+                    format!("{p}.name"),
+                    format!("`{}` is reserved for octopus' own metric labels", r.name),
+                );
+            } else if !valid_label(&r.name) {
+                self.err(format!("{p}.name"), format!("`{}`: a route name must be 1-64 characters of [A-Za-z0-9_.-] (it is a metrics label)", r.name));
+            } else if !names.insert(r.name.as_str()) {
+                self.err(
+                    format!("{p}.name"),
+                    format!("duplicate route name `{}` (HTTP and TCP routes share one namespace: it is the `route` label)", r.name),
+                );
+            }
+            match c.clusters.get(&r.cluster) {
+                None => {
+                    let tcp = c
+                        .clusters
+                        .iter()
+                        .filter(|(_, k)| k.protocol == Protocol::Tcp)
+                        .map(|(n, _)| n.as_str());
+                    self.err(
+                        format!("{p}.cluster"),
+                        format!("unknown cluster `{}`{}", r.cluster, did_you_mean(&r.cluster, tcp)),
+                    );
+                }
+                Some(k) if k.protocol != Protocol::Tcp => self.err(
+                    format!("{p}.cluster"),
+                    format!("cluster `{}` speaks HTTP; a TCP route sends to a cluster with `protocol: tcp`", r.cluster),
+                ),
+                Some(_) => {}
+            }
+            if r.matches.port == Some(0) {
+                self.err(format!("{p}.match.port"), "port 0 is not a destination");
+            }
+            self.at_least_10ms(&format!("{p}.idle_timeout"), r.idle_timeout);
+        }
+        self.ports("outbound.opaque_ports", &out.opaque_ports);
+        self.at_least_10ms("outbound.detect_timeout", out.detect_timeout);
+    }
+
+    fn ports(&mut self, p: &str, ports: &[u16]) {
+        let mut seen = HashSet::new();
+        for (i, port) in ports.iter().enumerate() {
+            if *port == 0 {
+                self.err(format!("{p}[{i}]"), "port 0 is not a destination");
+            } else if !seen.insert(port) {
+                self.err(format!("{p}[{i}]"), format!("port {port} is listed twice"));
+            }
+        }
+    }
+
+    fn at_least_10ms(&mut self, p: &str, d: crate::types::Duration) {
+        if d.get() < std::time::Duration::from_millis(10) {
+            self.err(p, "must be at least 10ms");
         }
     }
 
@@ -494,6 +621,12 @@ impl Checker {
                 self.err(&ep, format!("duplicate endpoint `{}`", e.address));
             }
         }
+        if c.protocol == Protocol::Tcp && c.health_check.is_some() {
+            self.err(
+                format!("{p}.health_check"),
+                "an HTTP health check cannot probe a `protocol: tcp` cluster; outlier_detection ejects endpoints that refuse connections",
+            );
+        }
         if let Some(hc) = &c.health_check {
             let hp = format!("{p}.health_check");
             if !hc.path.starts_with('/') {
@@ -563,8 +696,14 @@ impl Checker {
 /// Keeps smooth weighted round robin's running sums far from overflow.
 const MAX_WEIGHT: u32 = 10_000;
 
-const RESERVED_ROUTE_LABELS: [&str; 2] = ["none", "inbound"];
-const RESERVED_CLUSTER_LABELS: [&str; 2] = ["none", "local_app"];
+const RESERVED_ROUTE_LABELS: [&str; 3] = ["none", "inbound", "passthrough"];
+const RESERVED_CLUSTER_LABELS: [&str; 3] = ["none", "local_app", "passthrough"];
+
+/// RFC 3986 path and query characters: unreserved, sub-delims, `:`, `@`, `/`, `?` and
+/// `%` of percent-encodings.
+fn probe_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/?%".contains(c)
+}
 
 fn valid_label(s: &str) -> bool {
     (1..=64).contains(&s.len())

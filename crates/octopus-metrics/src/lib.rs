@@ -23,6 +23,13 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Protocol detection: most clients speak within microseconds of connecting; the top
+/// buckets show silent connections waiting for `detect_timeout`.
+const DETECT_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
 /// All metric families of one octopus process. Each is named once, where it is
 /// created and registered (see [`Families`]).
 pub struct Metrics {
@@ -37,6 +44,12 @@ pub struct Metrics {
     pub trace_spans_total: IntCounterVec,
     pub downstream_bytes_total: IntCounterVec,
     pub inbound_connections_total: IntCounterVec,
+    pub app_probes_total: IntCounterVec,
+    pub protocol_detect_seconds: HistogramVec,
+    pub protocol_detect_timeouts_total: IntCounterVec,
+    pub tcp_connections: IntGaugeVec,
+    pub tcp_connections_total: IntCounterVec,
+    pub tcp_bytes_total: IntCounterVec,
     pub upstream_bytes_total: IntCounterVec,
     pub connections_total: IntCounterVec,
     pub connections_active: IntGaugeVec,
@@ -138,6 +151,42 @@ impl Metrics {
                 "octopus_inbound_connections_total",
                 "Connections accepted on an inbound listener with tls, by transport: mtls (handshake completed) or plaintext (inbound.tls.mode: permissive).",
                 &["transport"],
+            ),
+            app_probes_total: f.counters(
+                "octopus_app_probes_total",
+                "Probes of the local app run for GET /app-health/<probe> (admin.app_probes), by probe and result: ok (HTTP 200-399, or the TCP connect succeeded) or failed.",
+                &["probe", "result"],
+            ),
+            protocol_detect_seconds: f.register(
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "octopus_protocol_detect_seconds",
+                        "Time from accepting a captured connection to knowing its protocol (http1|http2|tls|opaque; opaque includes a server that spoke first), by listener.",
+                    )
+                    .buckets(DETECT_BUCKETS.to_vec()),
+                    &["listener", "protocol"],
+                )
+                .expect("static metric definition"),
+            ),
+            protocol_detect_timeouts_total: f.counters(
+                "octopus_protocol_detect_timeouts_total",
+                "Captured connections on which neither side spoke within detect_timeout, carried as opaque TCP, by listener.",
+                &["listener"],
+            ),
+            tcp_connections: f.gauges(
+                "octopus_tcp_connections",
+                "Opaque TCP connections open now, by route (a tcp_routes name, passthrough, or inbound).",
+                &["route"],
+            ),
+            tcp_connections_total: f.counters(
+                "octopus_tcp_connections_total",
+                "Opaque TCP connections by route and result: ok (carried), connect_failed (no endpoint answered), refused (no route, or a limit).",
+                &["route", "result"],
+            ),
+            tcp_bytes_total: f.counters(
+                "octopus_tcp_bytes_total",
+                "Bytes of opaque TCP connections, by route and direction (received: from the client; sent: to the client).",
+                &["route", "direction"],
             ),
             downstream_bytes_total: f.counters(
                 "octopus_downstream_bytes_total",
@@ -260,6 +309,9 @@ impl Metrics {
         // Series that exist from the start, so alerts on `increase(...)` see them.
         for t in ["mtls", "plaintext"] {
             m.inbound_connections_total.with_label_values(&[t]);
+        }
+        for l in ["outbound", "inbound"] {
+            m.protocol_detect_timeouts_total.with_label_values(&[l]);
         }
         for r in ["exported", "dropped", "export_failed"] {
             m.trace_spans_total.with_label_values(&[r]);

@@ -1,12 +1,14 @@
 //! The admin listener: Prometheus metrics, liveness and readiness probes, read-only
-//! views of the config and cluster state, and the running log filter. Bound to its own
-//! port so it never shares a connection limit or a route table with traffic.
+//! views of the config and cluster state, the running log filter, and probes of the
+//! local app run for the kubelet (`/app-health/<name>`). Bound to its own port so it
+//! never shares a connection limit or a route table with traffic.
 
 use crate::body::{self, Body};
 use crate::Shared;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use octopus_config::AppProbeConfig;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -36,6 +38,9 @@ pub(crate) async fn handle(
     if let Some(refused) = read_only(&req) {
         return refused;
     }
+    if let Some(name) = req.uri().path().strip_prefix(APP_HEALTH) {
+        return app_health(shared, name).await;
+    }
     match req.uri().path() {
         "/metrics" => metrics_page(shared),
         "/live" => text(StatusCode::OK, "live\n"),
@@ -50,7 +55,7 @@ pub(crate) async fn handle(
         "/clusters" => json_response(clusters_view(shared)),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics /ready /live /config /clusters /log-level\n",
+            "not found; try /metrics /ready /live /config /clusters /log-level /app-health/<name>\n",
         ),
     }
 }
@@ -119,19 +124,224 @@ async fn log_level(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) ->
     }
 }
 
-/// The `admin.metrics_listen` listener: `GET /metrics` and nothing else, so Prometheus
-/// can reach it from outside the pod while `/config` and `/log-level` stay on loopback.
-pub(crate) fn metrics_only<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
-    if let Some(refused) = read_only(req) {
+/// The `admin.metrics_listen` listener: `GET /metrics` and the app probes
+/// (`/app-health/<name>`) and nothing else, so Prometheus and the kubelet can reach it
+/// from outside the pod while `/config` and `/log-level` stay on loopback.
+pub(crate) async fn metrics_only<B>(shared: &Shared, req: Request<B>) -> Response<Body> {
+    if let Some(refused) = read_only(&req) {
         return refused;
+    }
+    if let Some(name) = req.uri().path().strip_prefix(APP_HEALTH) {
+        return app_health(shared, name).await;
     }
     match req.uri().path() {
         "/metrics" => metrics_page(shared),
         _ => text(
             StatusCode::NOT_FOUND,
-            "only /metrics is served on this port; the rest of admin is on admin.listen\n",
+            "only /metrics and /app-health/<name> are served on this port; the rest of admin is on admin.listen\n",
         ),
     }
+}
+
+/// Where the app probes are served: `/app-health/<name>`, Istio's spelling, so a pod
+/// spec's probe reads the same in either mesh.
+const APP_HEALTH: &str = "/app-health/";
+
+/// Sent on every HTTP app probe, so the app's access log tells probes from traffic.
+const PROBE_USER_AGENT: &str = "octopus-app-probe";
+
+/// `GET /app-health/<name>`: runs the configured probe of the local app now and
+/// answers 200 if it passed, else 503 with one line saying why. The kubelet probes
+/// this port instead of the app, whose port may only take mTLS once inbound traffic
+/// is captured. Probes bypass the traffic path: no route, no admission, no request
+/// metrics, only `octopus_app_probes_total`.
+async fn app_health(shared: &Shared, name: &str) -> Response<Body> {
+    // Copied out of the snapshot so a reload during a slow probe neither waits for it
+    // nor keeps the old config alive.
+    let found = shared
+        .snapshot
+        .load()
+        .config
+        .admin
+        .app_probes
+        .get_key_value(name)
+        .map(|(n, p)| (n.clone(), p.clone()));
+    let Some((name, probe)) = found else {
+        let names: Vec<String> = shared
+            .snapshot
+            .load()
+            .config
+            .admin
+            .app_probes
+            .keys()
+            .cloned()
+            .collect();
+        // The request's text is not echoed back: only configured names are listed.
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no such app probe; configured in admin.app_probes: [{}]\n",
+                names.join(", ")
+            ),
+        );
+    };
+    let outcome = run_app_probe(&probe).await;
+    // The label is the config's key, never request text, so series stay bounded.
+    let result = if outcome.is_ok() { "ok" } else { "failed" };
+    shared
+        .metrics
+        .app_probes_total
+        .with_label_values(&[name.as_str(), result])
+        .inc();
+    match outcome {
+        Ok(passed) => text(StatusCode::OK, format!("{name}: {passed}\n")),
+        Err(why) => {
+            // The kubelet keeps a failed HTTP probe's body out of the pod's events, so
+            // this line is where an operator finds out why the app is not ready.
+            tracing::info!(probe = %name, reason = %why, "app probe failed");
+            text(StatusCode::SERVICE_UNAVAILABLE, format!("{name}: {why}\n"))
+        }
+    }
+}
+
+/// A probe that passed.
+#[derive(Debug)]
+enum ProbePassed {
+    Http { target: String, status: StatusCode },
+    Tcp { addr: SocketAddr },
+}
+
+impl std::fmt::Display for ProbePassed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbePassed::Http { target, status } => {
+                write!(f, "{target} answered {}", status_text(status))
+            }
+            ProbePassed::Tcp { addr } => write!(f, "{addr} accepted a TCP connection"),
+        }
+    }
+}
+
+/// Why a probe failed; its text is the 503's body.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("{addr} refused the connection (is the app listening?)")]
+    Refused { addr: SocketAddr },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("timed out: {target} did not answer within {timeout}")]
+    TimedOut {
+        target: String,
+        timeout: octopus_config::Duration,
+    },
+    #[error("{target} answered {}", status_text(.status))]
+    Status { target: String, status: StatusCode },
+    #[error("{target}: {source}")]
+    Http {
+        target: String,
+        source: hyper::Error,
+    },
+    #[error("cannot build a request for {target}: {source}")]
+    Request { target: String, source: http::Error },
+}
+
+/// `500 Internal Server Error`, or just the code when it has no standard reason.
+fn status_text(status: &StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(reason) => format!("{} {reason}", status.as_u16()),
+        None => status.as_u16().to_string(),
+    }
+}
+
+/// Runs one probe within its timeout: an HTTP/1.1 GET when it has a path (200-399
+/// passes, as for the kubelet's `httpGet`), else a TCP connect (as `tcpSocket`).
+async fn run_app_probe(probe: &AppProbeConfig) -> Result<ProbePassed, ProbeError> {
+    let addr = SocketAddr::new(probe.host, probe.port);
+    let target = match &probe.path {
+        Some(path) => format!("http://{addr}{path}"),
+        None => format!("tcp {addr}"),
+    };
+    let attempt = async {
+        let stream = match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Err(ProbeError::Refused { addr })
+            }
+            Err(source) => return Err(ProbeError::Connect { addr, source }),
+        };
+        let Some(path) = &probe.path else {
+            return Ok(ProbePassed::Tcp { addr });
+        };
+        let status = http_get(stream, addr, path, &target).await?;
+        if (200..400).contains(&status.as_u16()) {
+            Ok(ProbePassed::Http {
+                target: target.clone(),
+                status,
+            })
+        } else {
+            Err(ProbeError::Status {
+                target: target.clone(),
+                status,
+            })
+        }
+    };
+    match tokio::time::timeout(probe.timeout.get(), attempt).await {
+        Ok(outcome) => outcome,
+        Err(_elapsed) => Err(ProbeError::TimedOut {
+            target,
+            timeout: probe.timeout,
+        }),
+    }
+}
+
+/// One GET over `stream`; only the status matters, the body is never read.
+async fn http_get(
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    target: &str,
+) -> Result<StatusCode, ProbeError> {
+    let http_err = |source| ProbeError::Http {
+        target: target.to_string(),
+        source,
+    };
+    let req = Request::get(path)
+        // `SocketAddr`'s text brackets an IPv6 host, as a Host header needs.
+        .header(header::HOST, addr.to_string())
+        .header(header::USER_AGENT, PROBE_USER_AGENT)
+        .header(header::ACCEPT, "*/*")
+        // One request per connection, as the kubelet does: nothing is left for the
+        // app to keep open between probes.
+        .header(header::CONNECTION, "close")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|source| ProbeError::Request {
+            target: target.to_string(),
+            source,
+        })?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(http_err)?;
+    // The connection is driven here, not on a spawned task, so a timeout or the end
+    // of the probe drops the socket with it.
+    let mut conn = std::pin::pin!(conn);
+    let send = sender.send_request(req);
+    let mut send = std::pin::pin!(send);
+    let resp = tokio::select! {
+        biased;
+        r = &mut send => r.map_err(http_err)?,
+        r = &mut conn => {
+            r.map_err(http_err)?;
+            // The connection may finish in the same poll that delivered the answer
+            // (the app closes after it); the answer is then waiting here, and if there
+            // was none this reports the connection closed early.
+            send.await.map_err(http_err)?
+        }
+    };
+    Ok(resp.status())
 }
 
 /// 405 for anything but GET and HEAD: the read-only endpoints change nothing.
@@ -148,6 +358,17 @@ fn metrics_page(shared: &Shared) -> Response<Body> {
     // Endpoint gauges are read from the clusters by their collector as the registry is
     // gathered; descriptor counts are two gauges set here.
     shared.descriptors.report(&shared.metrics);
+    // The app-probe series of the config serving now exist at 0 from its first scrape,
+    // so `increase()` sees a probe's first failure. Created here rather than when the
+    // snapshot is compiled: a scrape is the only place they can be seen anyway.
+    for name in shared.snapshot.load().config.admin.app_probes.keys() {
+        for result in ["ok", "failed"] {
+            shared
+                .metrics
+                .app_probes_total
+                .with_label_values(&[name.as_str(), result]);
+        }
+    }
     let page = shared.metrics.encode();
     let mut resp = text(StatusCode::OK, page);
     resp.headers_mut().insert(

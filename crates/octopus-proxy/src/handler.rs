@@ -4,6 +4,7 @@
 
 use crate::access_log::{AccessLog, Record};
 use crate::body::{self, Body, ClientBodyFault, ClientBodyWatch, FromClient};
+use crate::endpoint::{ConnectionSpec, Endpoint};
 use crate::error::ProxyError;
 use crate::exchange::Exchange;
 use crate::headers;
@@ -40,6 +41,9 @@ impl Direction {
 enum Target<'a> {
     Route(&'a Route),
     Inbound(&'a Inbound),
+    /// A captured connection's request no route takes, sent on to where it was going
+    /// (`outbound.unmatched: passthrough`).
+    Passthrough(&'a crate::snapshot::Passthrough, std::sync::Arc<Endpoint>),
 }
 
 impl Target<'_> {
@@ -47,6 +51,7 @@ impl Target<'_> {
         match self {
             Target::Route(r) => &r.name,
             Target::Inbound(_) => crate::snapshot::INBOUND_ROUTE,
+            Target::Passthrough(..) => crate::tcp::PASSTHROUGH,
         }
     }
 
@@ -54,6 +59,7 @@ impl Target<'_> {
         match self {
             Target::Route(r) => r.metrics_for(cluster),
             Target::Inbound(i) => &i.metrics,
+            Target::Passthrough(p, _) => &p.metrics,
         }
     }
 
@@ -229,13 +235,15 @@ async fn respond(
     let target = match dir {
         Direction::Outbound => {
             let host = authority.as_ref().map(headers::route_host);
-            match snap
-                .outbound
-                .as_ref()
-                .and_then(|o| o.router.find(host, &req))
-            {
+            let out = snap.outbound.as_ref();
+            match out.and_then(|o| o.router.find(host, &req)) {
                 Some(route) => Target::Route(route),
-                None => return fail(ProxyError::NoRoute, early, start, note, &report),
+                None => match (out, conn.passthrough) {
+                    (Some(out), Some(dst)) => {
+                        Target::Passthrough(&out.passthrough, passthrough(shared, conn, dst, &req))
+                    }
+                    _ => return fail(ProxyError::NoRoute, early, start, note, &report),
+                },
             }
         }
         Direction::Inbound => match snap.inbound.as_ref() {
@@ -246,6 +254,7 @@ async fn respond(
     note.route = Some(match &target {
         Target::Route(r) => r.name.clone(),
         Target::Inbound(_) => crate::snapshot::INBOUND_ROUTE.into(),
+        Target::Passthrough(..) => crate::tcp::PASSTHROUGH.into(),
     });
     // From here a request that ends without an answer (the client went away) is
     // recorded as 499 client_aborted when its future is dropped.
@@ -347,6 +356,7 @@ async fn forward(
     let (max_body, upgrades, body_timeout) = match target {
         Target::Route(r) => (r.max_body, &r.upgrades, r.request_body_timeout),
         Target::Inbound(i) => (None, &i.upgrades, i.request_body_timeout),
+        Target::Passthrough(p, _) => (None, &p.upgrades, p.request_body_timeout),
     };
     if let Some(limit) = max_body {
         // A declared length over the limit is refused before anything is sent.
@@ -427,6 +437,9 @@ async fn forward(
     let call = match target {
         Target::Route(r) => r.service.call_shared(req),
         Target::Inbound(i) => i.cluster.call(req),
+        Target::Passthrough(_, ep) => {
+            tower::Service::call(&mut crate::endpoint::EndpointService::new(ep.clone()), req)
+        }
     };
     let mut resp = call.await?;
     if headers::is_upgrade_response(&resp) {
@@ -453,6 +466,38 @@ async fn forward(
     headers::strip_hop_by_hop(resp.headers_mut(), None);
     Ok(resp.map(|b| b.hold(admitted)))
 }
+
+/// The connection's own endpoint for its original destination, opened by its first
+/// unrouted request: HTTP/2 when the app spoke HTTP/2 (prior knowledge, so the
+/// destination does too), else HTTP/1.1.
+fn passthrough<B>(
+    shared: &Shared,
+    conn: &ConnInfo,
+    dst: std::net::SocketAddr,
+    req: &Request<B>,
+) -> std::sync::Arc<Endpoint> {
+    conn.passthrough_endpoint
+        .get_or_init(|| {
+            let protocol = if req.version() == http::Version::HTTP_2 {
+                octopus_config::Protocol::Http2
+            } else {
+                octopus_config::Protocol::Http1
+            };
+            Endpoint::new(
+                crate::tcp::PASSTHROUGH.into(),
+                dst,
+                &ConnectionSpec::new(protocol, PASSTHROUGH_CONNECT_TIMEOUT),
+                None,
+                None,
+                Some(shared.descriptors.outbound.clone()),
+                None,
+            )
+        })
+        .clone()
+}
+
+/// A passthrough destination is wherever the app was going, maybe far away.
+const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn cluster_of(resp: &Response<Body>) -> Option<std::sync::Arc<str>> {
     resp.body().served_by().cloned()

@@ -5,6 +5,8 @@
 
 use crate::body::Body;
 use crate::counted::{ByteCounters, Counted};
+use crate::original_dst::original_dst;
+use crate::tcp;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -60,6 +62,41 @@ pub(crate) trait Settings: Send + Sync + 'static {
     fn descriptors(&self) -> Option<Arc<crate::descriptors::Group>> {
         None
     }
+    /// What becomes of a connection to `dst` (its original destination when
+    /// `captured` by iptables, else the listener's own address) if it is not HTTP.
+    fn plan(&self, _dst: SocketAddr, _captured: bool) -> Plan {
+        Plan::http()
+    }
+}
+
+/// How a listener treats one connection before it knows its protocol.
+pub(crate) struct Plan {
+    /// Where the connection goes if it is opaque (not HTTP); `None`: it is closed.
+    pub opaque: Option<tcp::Destination>,
+    /// Carry it as opaque TCP at once, with no detection (an `opaque_ports` port).
+    pub opaque_only: bool,
+    /// Detect its protocol (captured connections, or ones a TCP route may take).
+    /// Without detection a connection is HTTP, or TLS on an mTLS listener.
+    pub detect: bool,
+    pub detect_timeout: Duration,
+    /// Counts a connection closed because nothing may take it.
+    pub refused: Option<tcp::TcpMetrics>,
+    /// Captured connections of the passthrough kind: HTTP requests no route takes go
+    /// to the original destination.
+    pub passthrough_http: bool,
+}
+
+impl Plan {
+    pub(crate) fn http() -> Plan {
+        Plan {
+            opaque: None,
+            opaque_only: false,
+            detect: false,
+            detect_timeout: Duration::ZERO,
+            refused: None,
+            passthrough_http: false,
+        }
+    }
 }
 
 /// Fixed settings (the admin listener).
@@ -85,6 +122,13 @@ pub struct ConnInfo {
     /// False when the identity is not in the listener's allow-list.
     pub allowed: bool,
     pub tls: bool,
+    /// Where a captured connection was going, when octopus may send HTTP requests no
+    /// route takes there (`outbound.unmatched: passthrough`).
+    pub passthrough: Option<SocketAddr>,
+    /// The connection to that destination, opened by the first such request and kept
+    /// for the client connection's life (one upstream connection per client
+    /// connection, as the app would have had without octopus).
+    pub passthrough_endpoint: std::sync::OnceLock<Arc<crate::endpoint::Endpoint>>,
 }
 
 impl ConnInfo {
@@ -96,6 +140,8 @@ impl ConnInfo {
             identity: None,
             allowed: true,
             tls: false,
+            passthrough: None,
+            passthrough_endpoint: std::sync::OnceLock::new(),
         }
     }
 }
@@ -204,66 +250,43 @@ pub(crate) async fn serve<H, Fut>(
             _fd: fd,
             _alive: alive.clone(),
         };
-        let (h, builder, stop) = (handler.clone(), builder.clone(), stop.clone());
-        let bytes = bytes.clone();
-        let idle_timeout = current.idle_timeout;
-        let forwarded_for = crate::headers::ForwardedFor::new(peer.ip());
-        // One task per connection; plain and TLS connections get tasks of their own
-        // kind, so an idle plain connection's task is not sized for a TLS handshake's
-        // state (measured: 7.4 KiB for one task serving either, per connection). The
-        // TLS handshake runs in the connection's own task, never in the accept loop.
-        match settings.tls() {
-            None => {
-                tokio::spawn(async move {
-                    let info = ConnInfo::plain(peer, forwarded_for);
-                    let result =
-                        serve_connection(&builder, stream, bytes, h, info, stop, idle_timeout)
-                            .await;
-                    end.finish(result);
-                });
-            }
-            Some(tls) => {
-                let permissive = tls.spec().mode == octopus_config::TlsMode::Permissive;
-                let (mtls, plaintext) = (transports[0].clone(), transports[1].clone());
-                let first_byte_wait = current.header_read_timeout;
-                tokio::spawn(async move {
-                    // Permissive: a connection that does not open with a TLS handshake
-                    // record is a plain HTTP client, served as one (no identity).
-                    if permissive && !opens_with_tls(&stream, first_byte_wait).await {
-                        plaintext.inc();
-                        let info = ConnInfo::plain(peer, forwarded_for);
-                        let result =
-                            serve_connection(&builder, stream, bytes, h, info, stop, idle_timeout)
-                                .await;
-                        end.finish(result);
-                        return;
-                    }
-                    let result = match tls.accept(stream, peer).await {
-                        None => Ok(()),
-                        Some(acc) => {
-                            mtls.inc();
-                            let info = ConnInfo {
-                                peer,
-                                forwarded_for,
-                                identity: acc.identity.map(Arc::<str>::from),
-                                allowed: acc.allowed,
-                                tls: true,
-                            };
-                            serve_connection(
-                                &builder,
-                                acc.stream,
-                                bytes,
-                                h,
-                                info,
-                                stop,
-                                idle_timeout,
-                            )
-                            .await
-                        }
-                    };
-                    end.finish(result);
-                });
-            }
+        let job = Job {
+            builder: builder.clone(),
+            bytes: bytes.clone(),
+            handler: handler.clone(),
+            stop: stop.clone(),
+            idle: current.idle_timeout,
+            peer,
+            forwarded_for: crate::headers::ForwardedFor::new(peer.ip()),
+            name,
+            metrics: metrics.clone(),
+            transports: transports.clone(),
+            first_byte_wait: current.header_read_timeout,
+        };
+        // Captured connections carry where they were going; others were made to the
+        // listener itself. One getsockopt per connection.
+        let local = stream.local_addr().ok();
+        let captured = local.and_then(|l| original_dst(&stream, l));
+        let plan = match captured.or(local) {
+            Some(dst) => settings.plan(dst, captured.is_some()),
+            None => Plan::http(),
+        };
+        let tls = settings.tls();
+        // One task per connection; plain HTTP connections get tasks of their own kind,
+        // so an idle plain connection's task is not sized for a TLS handshake's or a
+        // detection's state (measured: 7.4 KiB for one task serving either, per
+        // connection). Handshakes and detection run in the connection's own task,
+        // never in the accept loop.
+        if tls.is_none() && !plan.detect && !plan.opaque_only {
+            tokio::spawn(async move {
+                let result = job.plain_http(stream, None).await;
+                end.finish(result);
+            });
+        } else {
+            tokio::spawn(async move {
+                let result = Box::pin(job.run(stream, plan, tls, captured)).await;
+                end.finish(result);
+            });
         }
     }
     drop(listener);
@@ -271,14 +294,222 @@ pub(crate) async fn serve<H, Fut>(
     let _ = all_closed.recv().await;
 }
 
-/// Whether a connection's first byte is a TLS handshake record (0x16), read without
-/// consuming it. A client that sends nothing within `wait` (or fails) is handed to the
-/// TLS side, whose handshake timeout and error handling apply.
-async fn opens_with_tls(stream: &tokio::net::TcpStream, wait: Duration) -> bool {
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(wait, stream.peek(&mut first)).await {
-        Ok(Ok(1)) => first[0] == 0x16,
-        _ => true,
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One accepted connection and what serving it needs.
+struct Job<H> {
+    builder: auto::Builder<TokioExecutor>,
+    bytes: ByteCounters,
+    handler: H,
+    stop: watch::Receiver<bool>,
+    idle: Duration,
+    peer: SocketAddr,
+    forwarded_for: crate::headers::ForwardedFor,
+    name: &'static str,
+    metrics: Arc<Metrics>,
+    /// `octopus_inbound_connections_total{transport="mtls"|"plaintext"}`.
+    transports: [prometheus::IntCounter; 2],
+    first_byte_wait: Duration,
+}
+
+impl<H, Fut> Job<H>
+where
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    /// Plain HTTP (HTTP/1.1 or h2c); `passthrough`: where unrouted requests may go.
+    async fn plain_http<I>(self, io: I, passthrough: Option<SocketAddr>) -> Result<(), BoxError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut info = ConnInfo::plain(self.peer, self.forwarded_for);
+        info.passthrough = passthrough;
+        serve_connection(
+            &self.builder,
+            io,
+            self.bytes,
+            self.handler,
+            info,
+            self.stop,
+            self.idle,
+        )
+        .await
+    }
+
+    /// A connection that may be TLS (mTLS listeners), opaque TCP, or HTTP.
+    async fn run(
+        self,
+        stream: tokio::net::TcpStream,
+        plan: Plan,
+        tls: Option<Arc<octopus_tls::ServerTls>>,
+        original: Option<SocketAddr>,
+    ) -> Result<(), BoxError> {
+        let permissive = tls
+            .as_ref()
+            .is_none_or(|t| t.spec().mode == octopus_config::TlsMode::Permissive);
+        if let (Some(tls), false) = (&tls, permissive) {
+            // Strict mTLS: every connection is a TLS handshake first.
+            return self.mtls(stream, tls.clone(), plan).await;
+        }
+        if plan.opaque_only {
+            if tls.is_some() {
+                self.transports[1].inc();
+            }
+            return self.opaque(stream, plan, None).await;
+        }
+        let passthrough = original.filter(|_| plan.passthrough_http);
+        let start = Instant::now();
+        // Without detection (a plain client of a permissive listener that was not
+        // captured) a silent client is handed to the TLS side, as before detection.
+        let (dial, wait) = if plan.detect {
+            let dial = plan.opaque.clone().map(|d| {
+                Box::pin(d.dial()) as crate::detect::Connecting<tcp::Upstream, tcp::TcpError>
+            });
+            (dial, plan.detect_timeout)
+        } else {
+            (None, self.first_byte_wait)
+        };
+        let sniffed = crate::detect::sniff(&stream, dial, wait).await;
+        let detected = |p: &str| {
+            self.metrics
+                .protocol_detect_seconds
+                .with_label_values(&[self.name, p])
+                .observe(start.elapsed().as_secs_f64());
+        };
+        use crate::detect::{Protocol, Sniffed};
+        match sniffed {
+            Sniffed::Client(p @ (Protocol::Http1 | Protocol::Http2), _) => {
+                detected(p.name());
+                if tls.is_some() {
+                    self.transports[1].inc();
+                }
+                self.plain_http(stream, passthrough).await
+            }
+            Sniffed::Client(Protocol::Tls, _) if tls.is_some() => {
+                detected("tls");
+                let tls = tls.expect("checked");
+                self.mtls(stream, tls, plan).await
+            }
+            Sniffed::Client(p, pending) => {
+                detected(p.name());
+                if !plan.detect {
+                    // Not captured and not HTTP: hyper answers it 400, as before.
+                    return self.plain_http(stream, None).await;
+                }
+                if tls.is_some() {
+                    self.transports[1].inc();
+                }
+                self.opaque(stream, plan, pending.finish().await).await
+            }
+            Sniffed::Server(up, greeting) => {
+                detected("opaque");
+                if tls.is_some() {
+                    self.transports[1].inc();
+                }
+                if let Some(dest) = plan.opaque {
+                    tcp::carry(stream, up, &greeting, &dest).await;
+                }
+                Ok(())
+            }
+            Sniffed::Timeout(pending) => {
+                if !plan.detect {
+                    return match tls {
+                        Some(tls) => self.mtls(stream, tls, plan).await,
+                        None => self.plain_http(stream, None).await,
+                    };
+                }
+                detected("opaque");
+                self.metrics
+                    .protocol_detect_timeouts_total
+                    .with_label_values(&[self.name])
+                    .inc();
+                self.opaque(stream, plan, pending.finish().await).await
+            }
+            Sniffed::ServerClosed | Sniffed::ClientClosed => Ok(()),
+        }
+    }
+
+    /// Carries an opaque connection to the plan's destination, using the connection
+    /// detection already opened when there is one.
+    async fn opaque<C>(
+        self,
+        client: C,
+        plan: Plan,
+        dialled: Option<Result<tcp::Upstream, tcp::TcpError>>,
+    ) -> Result<(), BoxError>
+    where
+        C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let Some(dest) = plan.opaque else {
+            if let Some(m) = &plan.refused {
+                m.refuse();
+            }
+            tracing::debug!(peer = %self.peer, listener = self.name, "opaque connection with no route; closed");
+            return Ok(());
+        };
+        let dialled = match dialled {
+            Some(d) => d,
+            None => dest.clone().dial().await,
+        };
+        match dialled {
+            Ok(up) => {
+                tcp::carry(client, up, &[], &dest).await;
+                Ok(())
+            }
+            Err(e) => {
+                let m = dest.metrics();
+                if e.is_limit() {
+                    m.refuse();
+                } else {
+                    m.connect_failed.inc();
+                }
+                tracing::info!(peer = %self.peer, listener = self.name, error = %e, "TCP connection not carried");
+                Ok(())
+            }
+        }
+    }
+
+    /// The mTLS handshake, then HTTP, or opaque TCP when the peer sidecar asked for it
+    /// by ALPN (only from an allowed identity).
+    async fn mtls(
+        self,
+        stream: tokio::net::TcpStream,
+        tls: Arc<octopus_tls::ServerTls>,
+        plan: Plan,
+    ) -> Result<(), BoxError> {
+        let Some(acc) = tls.accept(stream, self.peer).await else {
+            return Ok(());
+        };
+        self.transports[0].inc();
+        if acc.opaque {
+            if !acc.allowed {
+                if let Some(m) = plan.opaque.as_ref().map(|d| d.metrics()) {
+                    m.refuse();
+                }
+                tracing::warn!(peer = %self.peer, identity = acc.identity.as_deref().unwrap_or("<none>"), "opaque mTLS connection from an identity not allowed; closed");
+                return Ok(());
+            }
+            return self.opaque(acc.stream, plan, None).await;
+        }
+        let info = ConnInfo {
+            peer: self.peer,
+            forwarded_for: self.forwarded_for,
+            identity: acc.identity.map(Arc::<str>::from),
+            allowed: acc.allowed,
+            tls: true,
+            passthrough: None,
+            passthrough_endpoint: std::sync::OnceLock::new(),
+        };
+        serve_connection(
+            &self.builder,
+            acc.stream,
+            self.bytes,
+            self.handler,
+            info,
+            self.stop,
+            self.idle,
+        )
+        .await
     }
 }
 

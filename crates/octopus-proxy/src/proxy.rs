@@ -154,7 +154,7 @@ fn spawn(kind: Kind, l: TcpListener, configured: HostPort, shared: &Arc<Shared>)
             listener::Fixed,
             move |req, _conn| {
                 let sh = sh.clone();
-                async move { admin::metrics_only(&sh, &req) }
+                async move { admin::metrics_only(&sh, req).await }
             },
         )),
         Kind::Traffic(dir) => {
@@ -207,6 +207,61 @@ impl listener::Settings for FromSnapshot {
             Kind::OUTBOUND => Some(d.outbound.clone()),
             Kind::INBOUND => Some(d.inbound.clone()),
             Kind::Admin | Kind::Metrics => None,
+        }
+    }
+
+    fn plan(&self, dst: SocketAddr, captured: bool) -> listener::Plan {
+        let snap = self.shared.snapshot.load();
+        let fds = self.descriptors();
+        match self.kind {
+            Kind::OUTBOUND => {
+                let Some(out) = snap.outbound.as_ref() else {
+                    return listener::Plan::http();
+                };
+                let t = &out.tcp;
+                let opaque = t.destination(dst, captured, fds);
+                // A direct connection no TCP route takes is HTTP as it always was: no
+                // detection, no delay, no cost.
+                if !captured && opaque.is_none() {
+                    return listener::Plan::http();
+                }
+                listener::Plan {
+                    opaque_only: t.is_opaque_port(dst.port()),
+                    detect: true,
+                    detect_timeout: t.detect_timeout(),
+                    refused: Some(t.passthrough_metrics().clone()),
+                    passthrough_http: captured
+                        && t.unmatched() == octopus_config::Unmatched::Passthrough,
+                    opaque,
+                }
+            }
+            Kind::INBOUND => {
+                let Some(inb) = snap.inbound.as_ref() else {
+                    return listener::Plan::http();
+                };
+                // Opaque TCP goes to the app port the peer connected to (captured), or
+                // to forward_to's port (a connection made to the listener itself).
+                let port = if captured {
+                    dst.port()
+                } else {
+                    inb.forward_to.port()
+                };
+                let app = SocketAddr::new(inb.forward_to.ip(), port);
+                listener::Plan {
+                    opaque: Some(crate::tcp::Destination::local_app(
+                        app,
+                        inb.tcp_idle_timeout,
+                        inb.tcp.clone(),
+                        fds,
+                    )),
+                    opaque_only: captured && inb.opaque_ports.contains(&dst.port()),
+                    detect: captured,
+                    detect_timeout: inb.detect_timeout,
+                    refused: Some(inb.tcp.clone()),
+                    passthrough_http: false,
+                }
+            }
+            Kind::Admin | Kind::Metrics => listener::Plan::http(),
         }
     }
 

@@ -48,6 +48,18 @@ pub struct Outbound {
     pub router: Router<Route>,
     pub no_route: TargetMetrics,
     pub access_log: Option<AccessLog>,
+    /// TCP routes, opaque ports, and what becomes of unmatched captured traffic.
+    pub tcp: crate::tcp::TcpTable,
+    /// HTTP requests of captured connections that no route takes, sent on to where
+    /// they were going (`route="passthrough"`).
+    pub passthrough: Passthrough,
+}
+
+/// What unrouted HTTP requests of captured connections get: a route's defaults.
+pub struct Passthrough {
+    pub metrics: TargetMetrics,
+    pub upgrades: Vec<String>,
+    pub request_body_timeout: Duration,
 }
 
 pub struct Inbound {
@@ -62,6 +74,12 @@ pub struct Inbound {
     pub protocol: Protocol,
     pub metrics: TargetMetrics,
     pub access_log: Option<AccessLog>,
+    /// Opaque TCP to the app: ports carried without detection, how long a silent
+    /// plain connection waits, the idle timeout, the metrics (`route="inbound"`).
+    pub opaque_ports: Vec<u16>,
+    pub detect_timeout: Duration,
+    pub tcp_idle_timeout: Duration,
+    pub tcp: crate::tcp::TcpMetrics,
 }
 
 pub struct Snapshot {
@@ -189,6 +207,17 @@ fn compile_outbound(
         router: Router::new(routes),
         no_route: target(metrics, "outbound", NONE_LABEL, NONE_LABEL),
         access_log,
+        tcp: crate::tcp::TcpTable::compile(out, clusters, metrics)?,
+        passthrough: Passthrough {
+            metrics: target(
+                metrics,
+                "outbound",
+                crate::tcp::PASSTHROUGH,
+                crate::tcp::PASSTHROUGH,
+            ),
+            upgrades: vec!["websocket".into()],
+            request_body_timeout: octopus_config::DEFAULT_REQUEST_BODY_TIMEOUT,
+        },
     })
 }
 
@@ -322,5 +351,9 @@ async fn compile_inbound(
         protocol: inb.app_protocol,
         metrics: target(&ctx.metrics, "inbound", INBOUND_ROUTE, LOCAL_APP),
         access_log,
+        opaque_ports: inb.opaque_ports.clone(),
+        detect_timeout: inb.detect_timeout.get(),
+        tcp_idle_timeout: inb.tcp_idle_timeout.get(),
+        tcp: crate::tcp::TcpMetrics::new(&ctx.metrics, INBOUND_ROUTE),
     })
 }

@@ -5,7 +5,7 @@
 use crate::error::IdentityMismatch;
 use crate::{failure_reason, material, provider, rotate, rustls_error, TlsError};
 use arc_swap::ArcSwap;
-use octopus_config::ClusterTlsConfig;
+use octopus_config::{ClusterTlsConfig, Protocol};
 use octopus_metrics::Metrics;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -97,7 +97,11 @@ impl ServerCertVerifier for IdentityVerifier {
     }
 }
 
-fn build(spec: &ClusterTlsConfig, h2: bool, metrics: &Metrics) -> Result<ClientConfig, TlsError> {
+fn build(
+    spec: &ClusterTlsConfig,
+    protocol: Protocol,
+    metrics: &Metrics,
+) -> Result<ClientConfig, TlsError> {
     let provider = provider();
     let roots = material::roots(&spec.ca)?;
     let (chain, key) = material::keypair(&spec.cert, &spec.key, &provider)?;
@@ -124,11 +128,13 @@ fn build(spec: &ClusterTlsConfig, h2: bool, metrics: &Metrics) -> Result<ClientC
             context: format!("{}: client certificate", spec.cert),
             source,
         })?;
-    config.alpn_protocols = if h2 {
-        vec![b"h2".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
+    // ALPN tells the peer's sidecar what the stream carries: HTTP it serves itself, or
+    // opaque TCP it hands to the app port the connection was made to.
+    config.alpn_protocols = vec![match protocol {
+        Protocol::Http1 => b"http/1.1".to_vec(),
+        Protocol::Http2 => b"h2".to_vec(),
+        Protocol::Tcp => crate::OPAQUE_ALPN.to_vec(),
+    }];
     if let Some(t) = material::not_after(&chain) {
         metrics
             .tls_cert_expiry
@@ -139,19 +145,20 @@ fn build(spec: &ClusterTlsConfig, h2: bool, metrics: &Metrics) -> Result<ClientC
 }
 
 impl ClientTls {
-    /// Loads the material (`h2`: offer only HTTP/2 by ALPN) and watches it for rotation.
+    /// Loads the material (ALPN offers what `protocol` carries) and watches it for
+    /// rotation.
     pub fn load(
         spec: &ClusterTlsConfig,
-        h2: bool,
+        protocol: Protocol,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, TlsError> {
-        let config = Arc::new(ArcSwap::from_pointee(build(spec, h2, &metrics)?));
+        let config = Arc::new(ArcSwap::from_pointee(build(spec, protocol, &metrics)?));
         let (s, m) = (spec.clone(), metrics.clone());
         let rotation = rotate::rebuild_on_change(
             "outbound",
             vec![spec.cert.clone(), spec.key.clone(), spec.ca.clone()],
             config.clone(),
-            move || build(&s, h2, &m),
+            move || build(&s, protocol, &m),
         );
         Ok(Arc::new(ClientTls {
             spec: spec.clone(),

@@ -23,6 +23,11 @@ pub use server::{Accepted, ServerTls};
 
 use std::sync::Arc;
 
+/// The ALPN protocol of opaque TCP between sidecars: the client sidecar wraps a
+/// non-HTTP stream in mTLS and names this, so the server sidecar splices the stream to
+/// the app instead of parsing HTTP.
+pub const OPAQUE_ALPN: &[u8] = b"octopus-tcp";
+
 /// The one crypto provider octopus uses.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -31,6 +31,9 @@ pub struct Accepted {
     pub identity: Option<String>,
     /// Whether that identity may call the app (always true without an allow-list).
     pub allowed: bool,
+    /// The peer sidecar asked for opaque TCP (ALPN `octopus-tcp`): the stream's bytes
+    /// go to the app port the connection was made to, not to an HTTP server.
+    pub opaque: bool,
 }
 
 impl Drop for ServerTls {
@@ -66,7 +69,11 @@ fn build(spec: &InboundTlsConfig, metrics: &Metrics) -> Result<ServerConfig, Tls
             context: format!("{}: server certificate", spec.cert),
             source,
         })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        crate::OPAQUE_ALPN.to_vec(),
+    ];
     for (path, chain) in [
         (&spec.cert, Some(chain)),
         (&spec.client_ca, material::certs(&spec.client_ca).ok()),
@@ -144,10 +151,12 @@ impl ServerTls {
             count("bad_identity");
             tracing::warn!(%peer, identity = identity.as_deref().unwrap_or("<none>"), "inbound mTLS: identity not allowed; its requests get 403");
         }
+        let opaque = stream.get_ref().1.alpn_protocol() == Some(crate::OPAQUE_ALPN);
         Some(Accepted {
             stream,
             identity,
             allowed,
+            opaque,
         })
     }
 }

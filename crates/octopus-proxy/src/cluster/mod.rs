@@ -8,7 +8,7 @@ mod health;
 
 pub use dns::{Resolve, SystemResolver};
 
-use crate::balance::{Balancer, Member, Membership};
+use crate::balance::{Balancer, LeastConnections, Member, Membership, Picker};
 use crate::circuit_breaker::Circuit;
 use crate::descriptors::Group;
 use crate::endpoint::{ConnectionSpec, Endpoint, EndpointStats, PoolCounters};
@@ -53,6 +53,10 @@ pub struct Cluster {
     connection: ConnectionSpec,
     limits: Option<Arc<Circuit>>,
     tls: Option<Arc<ClientTls>>,
+    /// The balancing policy's picker and outlier detection, for opaque TCP
+    /// connections, which pick an endpoint per connection outside the HTTP stack.
+    picker: Picker,
+    outlier: Option<Arc<Outlier>>,
     tasks: Vec<AbortHandle>,
     /// Last good DNS answers, kept so a rebuilt cluster starts from them if DNS is
     /// down at reload time.
@@ -120,12 +124,8 @@ impl EndpointPool {
             (Some(p), _) => p.tls.clone(),
             (None, None) => None,
             (None, Some(t)) => Some(
-                ClientTls::load(
-                    t,
-                    spec.protocol == octopus_config::Protocol::Http2,
-                    metrics.clone(),
-                )
-                .map_err(|e| CompileError(format!("cluster `{cluster}`: {e}")))?,
+                ClientTls::load(t, spec.protocol, metrics.clone())
+                    .map_err(|e| CompileError(format!("cluster `{cluster}`: {e}")))?,
             ),
         };
         let known = compatible
@@ -236,7 +236,7 @@ impl Cluster {
         let last_good = previous
             .map(|p| p.resolved.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .unwrap_or_default();
-        let resolved =
+        let (resolved, ttl) =
             dns::resolve_all(&name, &names, &last_good, &ctx.metrics, &*ctx.resolver).await;
         let shared_resolved = Arc::new(Mutex::new(resolved.clone()));
         let members = pool.members(&resolved);
@@ -264,6 +264,7 @@ impl Cluster {
                 metrics: ctx.metrics.clone(),
                 resolver: ctx.resolver.clone(),
                 interval: spec.dns_refresh_interval.get(),
+                ttl,
             };
             tasks.push(tokio::spawn(refresh.run()).abort_handle());
         }
@@ -285,7 +286,7 @@ impl Cluster {
             name.clone(),
             membership.clone(),
             spec.lb,
-            stack::endpoint(outlier),
+            stack::endpoint(outlier.clone()),
         );
         let service = stack::cluster(&name, limits.clone(), &ctx.metrics, balancer);
         Ok(Arc::new(Cluster {
@@ -296,6 +297,8 @@ impl Cluster {
             connection,
             limits,
             tls,
+            picker: Picker::new(spec.lb),
+            outlier,
             tasks,
             resolved: shared_resolved,
         }))
@@ -349,6 +352,33 @@ impl Cluster {
     /// Sends a request through the cluster's stack.
     pub fn call(&self, req: http::Request<crate::body::Body>) -> crate::boxed::BoxFuture {
         self.service.call_shared(req)
+    }
+
+    /// An endpoint for one opaque TCP connection, by the cluster's policy, preferring
+    /// endpoints not in `tried` (a connection that failed to dial tries another).
+    pub fn pick(&self, tried: &[SocketAddr]) -> Option<Arc<Endpoint>> {
+        let set = self.members.load();
+        if tried.is_empty() {
+            return self.picker.pick(&set).map(|m| m.endpoint.clone());
+        }
+        let fresh: Vec<Member> = set
+            .available()
+            .iter()
+            .filter(|m| !tried.contains(&m.endpoint.addr()))
+            .cloned()
+            .collect();
+        LeastConnections.pick(&fresh).map(|m| m.endpoint.clone())
+    }
+
+    /// Feeds a dial's outcome to outlier detection: a refused or timed-out connect
+    /// counts against the endpoint like a 5xx does for HTTP.
+    pub fn record_dial(&self, ep: &Arc<Endpoint>, ok: bool) {
+        if !ok {
+            ep.count_failure();
+        }
+        if let Some(o) = &self.outlier {
+            o.record(ep, ok);
+        }
     }
 
     pub fn service(&self) -> BoxService {

@@ -6,7 +6,7 @@ mod connector;
 mod ejection;
 mod pool;
 
-pub use connector::{ConnectError, Connector};
+pub use connector::{Conn, ConnectError, Connector};
 pub use ejection::Ejection;
 pub(crate) use ejection::{CLOSED, HALF_OPEN, OPEN};
 use pool::{Pool, PoolError};
@@ -48,6 +48,15 @@ pub struct Endpoint {
     /// installed by the newest cluster using the endpoint, so its balancer republishes
     /// the members that may take traffic. The endpoint knows nothing about who listens.
     on_availability: Mutex<Option<AvailabilityHook>>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("cluster", &self.cluster)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 /// See [`Endpoint::set_availability_hook`].
@@ -189,6 +198,17 @@ impl Endpoint {
         Held::new(self.clone())
     }
 
+    /// Opens one connection of this endpoint's kind (descriptor share, cluster
+    /// connection limit, connect timeout, TLS) outside the HTTP pool: an opaque TCP
+    /// connection owns it for its whole life. Counted as in flight until `Held` drops,
+    /// so least-connections balances TCP connections too.
+    pub(crate) async fn dial(self: &Arc<Self>) -> Result<(Conn, Held), ConnectError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let conn = self.pool.connector().connect().await?;
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Ok((conn, Held::new(self.clone())))
+    }
+
     /// Counts an upstream failure (see [`upstream_verdict`]) for `/clusters`.
     pub(crate) fn count_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
@@ -311,7 +331,9 @@ impl Endpoint {
     /// an HTTP/1.1 cluster, the common case, is sent as it is.
     fn prepare(&self, req: &mut Request<Body>) -> Result<(), ProxyError> {
         match self.protocol {
-            Protocol::Http1 => {
+            // A TCP cluster's endpoints never see a request (the config refuses HTTP
+            // routes to them); HTTP/1.1 is the harmless answer if one did.
+            Protocol::Http1 | Protocol::Tcp => {
                 *req.version_mut() = Version::HTTP_11;
                 let uri = req.uri();
                 if uri.scheme().is_some() || uri.authority().is_some() {

@@ -149,6 +149,11 @@ const SURPLUS_GRACE: Duration = Duration::from_secs(1);
 const MIN_READ_BUF: usize = 8192;
 
 impl Pool {
+    /// What this pool dials with, for a connection that bypasses the pool (opaque TCP).
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
     pub(crate) fn new(
         connector: Connector,
         http2: bool,

@@ -1,0 +1,151 @@
+//! Carrying an opaque connection: bytes both ways until both sides are done (a
+//! half-close is passed on, so request/response protocols that shut down their write
+//! side still get their answer), or until no byte has moved either way for the idle
+//! timeout.
+
+use super::{Destination, Upstream};
+use crate::counted::{ByteCounters, Counted};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
+
+/// Carries `client` <-> `upstream`; `greeting` (what the server said before the
+/// client spoke, read during detection) goes to the client first.
+pub async fn carry<C>(client: C, upstream: Upstream, greeting: &[u8], dest: &Destination)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let m = dest.metrics();
+    m.ok.inc();
+    m.open.inc();
+    let _open = Open(m.open.clone());
+    let counters = ByteCounters {
+        received: m.received.clone(),
+        sent: m.sent.clone(),
+    };
+    let clock = Arc::new(Clock::new());
+    let mut client = Touch::new(Counted::new(client, Some(counters)), clock.clone());
+    let mut upstream = Touch::new(upstream, clock.clone());
+    if !greeting.is_empty() {
+        if let Err(e) = client.write_all(greeting).await {
+            tracing::debug!(error = %e, "client left before the server's greeting");
+            return;
+        }
+    }
+    let idle = dest.idle_timeout();
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "TCP connection ended with an error");
+            }
+        }
+        _ = clock.idle_for(idle) => {
+            tracing::debug!(?idle, "TCP connection idle; closed");
+        }
+    }
+}
+
+/// Lowers the open-connections gauge however the connection ends.
+struct Open(prometheus::IntGauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// When a byte last moved on a connection, in milliseconds since it started.
+struct Clock {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            match (last + idle).checked_sub(self.start.elapsed()) {
+                Some(left) if !left.is_zero() => tokio::time::sleep(left).await,
+                _ => return,
+            }
+        }
+    }
+}
+
+/// Marks activity on every read that brings bytes.
+struct Touch<T> {
+    inner: T,
+    clock: Arc<Clock>,
+}
+
+impl<T> Touch<T> {
+    fn new(inner: T, clock: Arc<Clock>) -> Self {
+        Touch { inner, clock }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Touch<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.clock.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Touch<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_means_nothing_moved_for_the_whole_timeout() {
+        let clock = Clock::new();
+        let idle = Duration::from_secs(10);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        clock.touch();
+        let started = tokio::time::Instant::now();
+        clock.idle_for(idle).await;
+        // Ten seconds after the last touch, not after the start.
+        assert_eq!(started.elapsed().as_secs(), 10);
+    }
+}

@@ -1,0 +1,398 @@
+//! Opaque TCP through `tcp_routes` on connections made straight to the outbound
+//! listener (capture, where the destination comes from iptables, is tested in network
+//! namespaces by `crates/octopus/tests/mesh.rs`): L4 balancing with outlier detection
+//! on connect failures, a server that speaks first, idle and connection limits, byte
+//! metrics, HTTP beside TCP on one listener, and opaque TCP wrapped in mTLS between
+//! two sidecars with the identity checked.
+
+use octopus_tests::pki::{self, Ca};
+use octopus_tests::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+const DB: &str = "spiffe://cluster.local/ns/shop/sa/db";
+
+/// A TCP server that answers each line with `<name>:<line>`; with a banner, it greets
+/// first (a server-speaks-first protocol, like SMTP or MySQL).
+async fn line_server(name: &'static str, banner: Option<&'static str>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                if let Some(b) = banner {
+                    if s.write_all(b.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                let mut buf = [0u8; 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let reply = format!("{name}:{}", String::from_utf8_lossy(&buf[..n]));
+                            if s.write_all(reply.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn round_trip(s: &mut TcpStream, line: &str) -> String {
+    s.write_all(line.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn tcp_routes_balance_skip_dead_endpoints_and_count_bytes() {
+    let a = line_server("a", None).await;
+    let b = line_server("b", None).await;
+    let dead = dead_address().await;
+    let backends = [dead, a, b];
+    let web = Upstream::start("web").await;
+    let yaml = format!(
+        "outbound:
+  listen: 127.0.0.1:0
+  detect_timeout: 30s
+  routes:
+    - {{ name: web, match: {{ host: web }}, cluster: web }}
+  tcp_routes:
+    - name: db
+      match: {{ destination: 127.0.0.0/8 }}
+      cluster: db
+clusters:
+  web:
+    endpoints: [{web}]
+  db:
+    protocol: tcp
+    lb: round_robin
+    endpoints: [{}]
+    outlier_detection: {{ consecutive_failures: 1, base_ejection_time: 60s }}
+",
+        backends
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        web = web.addr(),
+    );
+    let proxy = start(&yaml).await;
+    let addr = proxy.outbound_addr().unwrap();
+    let mut served = Vec::new();
+    for i in 0..6 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let got = round_trip(&mut s, &format!("ping{i}\n")).await;
+        served.push(got[..1].to_string());
+        assert!(got.ends_with(&format!(":ping{i}\n")), "{got}");
+    }
+    // The dead endpoint cost no connection: its dial failed over to a live one, then
+    // outlier detection ejected it.
+    assert!(served.contains(&"a".to_string()) && served.contains(&"b".to_string()));
+    let m = admin(&proxy, "/metrics").await.text();
+    assert_eq!(
+        metric(
+            &m,
+            r#"octopus_tcp_connections_total{result="ok",route="db"}"#
+        ),
+        6.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"octopus_tcp_bytes_total{direction="received",route="db"}"#
+        ),
+        36.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"octopus_tcp_bytes_total{direction="sent",route="db"}"#
+        ),
+        48.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!(r#"octopus_endpoint_ejected{{cluster="db",endpoint="{dead}"}}"#)
+        ),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            r#"octopus_protocol_detect_seconds_count{listener="outbound",protocol="opaque"} 6"#
+        ),
+        "{m}"
+    );
+    // HTTP on the same listener is still routed.
+    let r = get(addr, "web", "/").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.upstream(), "web");
+}
+
+#[tokio::test]
+async fn a_server_that_speaks_first_is_answered_without_waiting_for_detection() {
+    let smtp = line_server("smtp", Some("220 smtp.test ready\r\n")).await;
+    // Detection would wait an hour for the client; only the server's greeting can end
+    // it within the test's read timeout.
+    let yaml = format!(
+        "outbound:
+  listen: 127.0.0.1:0
+  detect_timeout: 1h
+  tcp_routes:
+    - {{ name: smtp, cluster: smtp }}
+clusters:
+  smtp:
+    protocol: tcp
+    endpoints: [{smtp}]
+"
+    );
+    let proxy = start(&yaml).await;
+    let mut s = TcpStream::connect(proxy.outbound_addr().unwrap())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("the greeting arrives without the client speaking")
+        .unwrap();
+    assert_eq!(&buf[..n], b"220 smtp.test ready\r\n");
+    assert_eq!(round_trip(&mut s, "HELO me\r\n").await, "smtp:HELO me\r\n");
+    let m = admin(&proxy, "/metrics").await.text();
+    assert_eq!(
+        metric(
+            &m,
+            r#"octopus_protocol_detect_timeouts_total{listener="outbound"}"#
+        ),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn idle_timeout_connection_limit_and_silent_clients() {
+    let db = line_server("db", None).await;
+    let yaml = format!(
+        "outbound:
+  listen: 127.0.0.1:0
+  detect_timeout: 50ms
+  tcp_routes:
+    - {{ name: db, cluster: db, idle_timeout: 300ms }}
+clusters:
+  db:
+    protocol: tcp
+    endpoints: [{db}]
+    circuit_breaker: {{ max_connections: 1 }}
+"
+    );
+    let proxy = start(&yaml).await;
+    let addr = proxy.outbound_addr().unwrap();
+    // A silent client (and silent server) becomes opaque after detect_timeout.
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(round_trip(&mut first, "x\n").await, "db:x\n");
+    // The cluster allows one connection: a second is closed, counted as refused.
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    second.write_all(b"y\n").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buf))
+        .await
+        .expect("closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the second connection is closed, not answered");
+    // Nothing moves on the first for the idle timeout: octopus closes it.
+    let n = tokio::time::timeout(Duration::from_secs(10), first.read(&mut buf))
+        .await
+        .expect("closed when idle")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let m = admin(&proxy, "/metrics").await.text();
+    assert_eq!(
+        metric(
+            &m,
+            r#"octopus_tcp_connections_total{result="refused",route="db"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"octopus_protocol_detect_timeouts_total{listener="outbound"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            let m = admin(&proxy, "/metrics").await.text();
+            metric(&m, r#"octopus_tcp_connections{route="db"}"#) == 0.0
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn opaque_tcp_between_sidecars_is_mtls_wrapped_and_identity_checked() {
+    let dir = pki::dir("tcp-mtls");
+    let ca = Ca::new("mesh ca");
+    let ca_path = ca.write(&dir, "ca.crt");
+    let server = ca.issue(&dir, "db", &[DB], false);
+    let frontend = ca.issue(&dir, "frontend", &[FRONTEND], false);
+    let stranger = ca.issue(
+        &dir,
+        "stranger",
+        &["spiffe://cluster.local/ns/x/sa/y"],
+        false,
+    );
+    // The app behind the server sidecar records every byte it receives, to prove the
+    // stream arrived decrypted and unchanged.
+    let app = line_server("app", None).await;
+    let inbound = start(&format!(
+        "inbound:
+  listen: 127.0.0.1:0
+  forward_to: {app}
+  tls:
+    cert: {}
+    key: {}
+    client_ca: {}
+    allowed_identities: [\"{FRONTEND}\"]
+",
+        server.cert.display(),
+        server.key.display(),
+        ca_path.display()
+    ))
+    .await;
+    let outbound_for = |leaf: &pki::Leaf| {
+        format!(
+            "outbound:
+  listen: 127.0.0.1:0
+  tcp_routes:
+    - {{ name: db, cluster: db }}
+clusters:
+  db:
+    protocol: tcp
+    endpoints: [{}]
+    tls:
+      cert: {}
+      key: {}
+      ca: {}
+      server_identity: \"{DB}\"
+",
+            inbound.inbound_addr().unwrap(),
+            leaf.cert.display(),
+            leaf.key.display(),
+            ca_path.display()
+        )
+    };
+    let outbound = start(&outbound_for(&frontend)).await;
+    // A binary protocol's bytes (not HTTP, not TLS) cross both sidecars unchanged.
+    let mut s = TcpStream::connect(outbound.outbound_addr().unwrap())
+        .await
+        .unwrap();
+    let msg = "\u{0}\u{1}binary\u{7f}\n";
+    assert_eq!(round_trip(&mut s, msg).await, format!("app:{msg}"));
+    let im = admin(&inbound, "/metrics").await.text();
+    assert_eq!(
+        metric(
+            &im,
+            r#"octopus_tls_handshakes_total{direction="inbound",result="ok"}"#
+        ),
+        1.0,
+        "{im}"
+    );
+    assert_eq!(
+        metric(
+            &im,
+            r#"octopus_tcp_connections_total{result="ok",route="inbound"}"#
+        ),
+        1.0,
+        "{im}"
+    );
+    let om = admin(&outbound, "/metrics").await.text();
+    assert_eq!(
+        metric(
+            &om,
+            r#"octopus_tls_handshakes_total{direction="outbound",result="ok"}"#
+        ),
+        1.0,
+        "{om}"
+    );
+    drop(s);
+
+    // A sidecar whose identity is not allowed gets its TLS handshake, then nothing:
+    // the connection is closed before a byte reaches the app.
+    let other = start(&outbound_for(&stranger)).await;
+    let mut s = TcpStream::connect(other.outbound_addr().unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"let me in\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    let im = admin(&inbound, "/metrics").await.text();
+    assert_eq!(
+        metric(
+            &im,
+            r#"octopus_tcp_connections_total{result="refused",route="inbound"}"#
+        ),
+        1.0,
+        "{im}"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_leaves_open_tcp_connections_alone() {
+    let a = line_server("a", None).await;
+    let b = line_server("b", None).await;
+    let yaml = |to: SocketAddr| {
+        format!(
+            "outbound:
+  listen: 127.0.0.1:0
+  tcp_routes:
+    - {{ name: db, cluster: db }}
+clusters:
+  db:
+    protocol: tcp
+    endpoints: [{to}]
+"
+        )
+    };
+    let proxy = start(&yaml(a)).await;
+    let addr = proxy.outbound_addr().unwrap();
+    let mut old = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(round_trip(&mut old, "1\n").await, "a:1\n");
+    proxy.reload(parse(&yaml(b)), None).await.unwrap();
+    // The open connection keeps its upstream; new connections follow the new config.
+    assert_eq!(round_trip(&mut old, "2\n").await, "a:2\n");
+    let mut new = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(round_trip(&mut new, "3\n").await, "b:3\n");
+}
