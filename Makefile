@@ -5,7 +5,7 @@ CARGO ?= cargo
 DEMO_UPSTREAMS = payments-v1-a=127.0.0.1:18081 payments-v1-b=127.0.0.1:18082 \
                  payments-v2=127.0.0.1:18083 catalog=127.0.0.1:18084 local-app=127.0.0.1:18090
 
-.PHONY: all build run test fmt lint check-config clean bench chaos soak fuzz
+.PHONY: all build run test fmt lint check-config clean bench bench-tcp chaos soak fuzz mesh mesh-down
 
 all: build
 
@@ -48,6 +48,13 @@ bench:
 	$(CARGO) build --release --locked --manifest-path bench/peers/pingora/Cargo.toml || echo "pingora peer: build failed, skipped"
 	python3 bench/run.py
 
+## bench-tcp: opaque TCP throughput (iperf3) direct, through HAProxy, nginx stream and octopus (1 hop, 2 hops, 2 hops + mTLS); writes docs/benchmarks-tcp.md
+bench-tcp:
+	@command -v iperf3 >/dev/null && command -v haproxy >/dev/null && command -v nginx >/dev/null && test -e /usr/lib/nginx/modules/ngx_stream_module.so && command -v openssl >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 haproxy nginx-light libnginx-mod-stream openssl)
+	$(CARGO) build --release -p octopus --bin octopus
+	python3 bench/tcp.py
+
 ## chaos: the chaos scenarios (crash/restart, hang, resets, reload storm, cert rotation) on a release build
 chaos:
 	$(CARGO) test --release -p octopus --test chaos -- --nocapture
@@ -66,3 +73,15 @@ fuzz:
 	@mkdir -p fuzz/corpus/router
 	$(if $(FUZZ_TOOLCHAIN),,RUSTC_BOOTSTRAP=1) $(CARGO) $(FUZZ_TOOLCHAIN) fuzz run -O config fuzz/corpus/config -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
 	$(if $(FUZZ_TOOLCHAIN),,RUSTC_BOOTSTRAP=1) $(CARGO) $(FUZZ_TOOLCHAIN) fuzz run -O router fuzz/corpus/router -- -max_total_time=$(FUZZ_SECONDS)
+
+## mesh: a playground mesh on this machine: pods as network namespaces with sidecars, mTLS and a 90/10 canary (needs root; see docs/deploy.md)
+# The script runs as root: through sudo when make does not run as root (cargo does not).
+MESH_SH = $(if $(filter 0,$(shell id -u)),,$(if $(shell command -v sudo 2>/dev/null),sudo ))deploy/mesh/mesh.sh
+mesh:
+	$(CARGO) build --release -p octopus --bin octopus
+	$(MESH_SH) up
+	$(MESH_SH) try
+
+## mesh-down: stop the playground mesh and remove its namespaces and state (/tmp/octopus-mesh)
+mesh-down:
+	$(MESH_SH) down

@@ -421,9 +421,20 @@ fn capture_init_container_and_app_probes_through_the_metrics_port() {
             .into_iter()
             .find(|c| c["name"].as_str() == Some("octopus"))
             .unwrap_or_else(|| panic!("{file}: no container named octopus"));
+        // The same binary, from the image's `init` target (octopus + iptables).
         assert_eq!(
-            init["image"], sidecar["image"],
-            "{file}: {name} runs `octopus init` from the octopus image"
+            init["image"].as_str().map(|i| i.replace("-init", "")),
+            sidecar["image"].as_str().map(String::from),
+            "{file}: {name} runs `octopus init` from the octopus image's init target"
+        );
+        let dockerfile = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/docker/Dockerfile"),
+        )
+        .unwrap();
+        assert!(
+            dockerfile.contains("AS init")
+                && dockerfile.contains("install -y --no-install-recommends iptables"),
+            "the Dockerfile has an init target with iptables"
         );
         // A native sidecar is an init container too: capture must be in place first.
         if let Some(sidecar_at) = inits

@@ -310,6 +310,13 @@ clusters:
             ca_path.display()
         )
     };
+    // A connection that closes before its first byte (a TCP check, or a sidecar that
+    // dialled ahead for a server that might speak first) is no failed handshake.
+    drop(
+        TcpStream::connect(inbound.inbound_addr().unwrap())
+            .await
+            .unwrap(),
+    );
     let outbound = start(&outbound_for(&frontend)).await;
     // A binary protocol's bytes (not HTTP, not TLS) cross both sidecars unchanged.
     let mut s = TcpStream::connect(outbound.outbound_addr().unwrap())
@@ -324,6 +331,14 @@ clusters:
             r#"octopus_tls_handshakes_total{direction="inbound",result="ok"}"#
         ),
         1.0,
+        "{im}"
+    );
+    assert_eq!(
+        metric(
+            &im,
+            r#"octopus_tls_handshakes_total{direction="inbound",result="protocol"}"#
+        ),
+        0.0,
         "{im}"
     );
     assert_eq!(

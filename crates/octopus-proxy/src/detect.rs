@@ -122,6 +122,61 @@ pub async fn client_protocol(stream: &TcpStream) -> Option<Protocol> {
     }
 }
 
+/// Who spoke first on recent connections to a destination, so octopus dials ahead only
+/// where a server may speak first. Dialling ahead for a client that speaks HTTP a
+/// moment after connecting costs the destination an accepted-and-closed connection
+/// (on a peer's strict mTLS listener, a handshake that never started); once a
+/// destination is known to wait for its clients, its connections wait for theirs.
+/// A timeout or a server speaking flips it back, so a misjudged destination costs one
+/// `detect_timeout`, once.
+///
+/// Lock-free and bounded: 4096 slots of one atomic word (a tag of the destination's
+/// hash and what was seen); a collision only costs an unneeded early dial.
+pub struct FirstSpeakers {
+    slots: Box<[std::sync::atomic::AtomicU64]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaker {
+    Client = 1,
+    Server = 2,
+}
+
+const SPEAKER_SLOTS: usize = 4096;
+
+impl Default for FirstSpeakers {
+    fn default() -> Self {
+        FirstSpeakers {
+            slots: (0..SPEAKER_SLOTS)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        }
+    }
+}
+
+impl FirstSpeakers {
+    fn slot(&self, dst: std::net::SocketAddr) -> (&std::sync::atomic::AtomicU64, u64) {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(dst);
+        (&self.slots[(h as usize) % SPEAKER_SLOTS], h & !3)
+    }
+
+    pub fn get(&self, dst: std::net::SocketAddr) -> Option<Speaker> {
+        let (slot, tag) = self.slot(dst);
+        let v = slot.load(std::sync::atomic::Ordering::Relaxed);
+        match (v & !3 == tag, v & 3) {
+            (true, 1) => Some(Speaker::Client),
+            (true, 2) => Some(Speaker::Server),
+            _ => None,
+        }
+    }
+
+    pub fn set(&self, dst: std::net::SocketAddr, who: Speaker) {
+        let (slot, tag) = self.slot(dst);
+        slot.store(tag | who as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 pub type Connecting<U, E> = Pin<Box<dyn Future<Output = Result<U, E>> + Send>>;
 
 /// An opaque destination's connection, however far it got while the client was being
@@ -322,6 +377,20 @@ mod tests {
         // Peeked, not consumed: the bytes are still there for the HTTP server.
         let mut buf = [0u8; 16];
         assert_eq!(accepted.peek(&mut buf).await.unwrap(), 16);
+    }
+
+    #[test]
+    fn first_speakers_remember_each_destination() {
+        let seen = FirstSpeakers::default();
+        let a: std::net::SocketAddr = "10.0.0.1:3306".parse().unwrap();
+        let b: std::net::SocketAddr = "10.0.0.2:8080".parse().unwrap();
+        assert_eq!(seen.get(a), None);
+        seen.set(a, Speaker::Server);
+        seen.set(b, Speaker::Client);
+        assert_eq!(seen.get(a), Some(Speaker::Server));
+        assert_eq!(seen.get(b), Some(Speaker::Client));
+        seen.set(b, Speaker::Server);
+        assert_eq!(seen.get(b), Some(Speaker::Server));
     }
 
     #[tokio::test]

@@ -184,6 +184,7 @@ pub(crate) async fn serve<H, Fut>(
             .with_label_values(&[name, "sent"]),
     };
     let active = metrics.connections_active.with_label_values(&[name]);
+    let speakers = Arc::new(crate::detect::FirstSpeakers::default());
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.changed() => break,
@@ -262,12 +263,14 @@ pub(crate) async fn serve<H, Fut>(
             metrics: metrics.clone(),
             transports: transports.clone(),
             first_byte_wait: current.header_read_timeout,
+            speakers: speakers.clone(),
         };
         // Captured connections carry where they were going; others were made to the
         // listener itself. One getsockopt per connection.
         let local = stream.local_addr().ok();
         let captured = local.and_then(|l| original_dst(&stream, l));
-        let plan = match captured.or(local) {
+        let dst = captured.or(local);
+        let plan = match dst {
             Some(dst) => settings.plan(dst, captured.is_some()),
             None => Plan::http(),
         };
@@ -284,7 +287,7 @@ pub(crate) async fn serve<H, Fut>(
             });
         } else {
             tokio::spawn(async move {
-                let result = Box::pin(job.run(stream, plan, tls, captured)).await;
+                let result = Box::pin(job.run(stream, plan, tls, captured, dst)).await;
                 end.finish(result);
             });
         }
@@ -310,6 +313,8 @@ struct Job<H> {
     /// `octopus_inbound_connections_total{transport="mtls"|"plaintext"}`.
     transports: [prometheus::IntCounter; 2],
     first_byte_wait: Duration,
+    /// The listener's memory of who speaks first where (see `FirstSpeakers`).
+    speakers: Arc<crate::detect::FirstSpeakers>,
 }
 
 impl<H, Fut> Job<H>
@@ -343,6 +348,7 @@ where
         plan: Plan,
         tls: Option<Arc<octopus_tls::ServerTls>>,
         original: Option<SocketAddr>,
+        dst: Option<SocketAddr>,
     ) -> Result<(), BoxError> {
         let permissive = tls
             .as_ref()
@@ -361,10 +367,17 @@ where
         let start = Instant::now();
         // Without detection (a plain client of a permissive listener that was not
         // captured) a silent client is handed to the TLS side, as before detection.
+        use crate::detect::{Protocol, Sniffed, Speaker};
+        let known = dst.and_then(|d| self.speakers.get(d));
         let (dial, wait) = if plan.detect {
-            let dial = plan.opaque.clone().map(|d| {
-                Box::pin(d.dial()) as crate::detect::Connecting<tcp::Upstream, tcp::TcpError>
-            });
+            // Dial ahead unless this destination's clients are known to speak first.
+            let dial = plan
+                .opaque
+                .clone()
+                .filter(|_| known != Some(Speaker::Client))
+                .map(|d| {
+                    Box::pin(d.dial()) as crate::detect::Connecting<tcp::Upstream, tcp::TcpError>
+                });
             (dial, plan.detect_timeout)
         } else {
             (None, self.first_byte_wait)
@@ -376,7 +389,16 @@ where
                 .with_label_values(&[self.name, p])
                 .observe(start.elapsed().as_secs_f64());
         };
-        use crate::detect::{Protocol, Sniffed};
+        let seen = match &sniffed {
+            Sniffed::Client(..) => Some(Speaker::Client),
+            Sniffed::Server(..) | Sniffed::Timeout(_) => Some(Speaker::Server),
+            Sniffed::ServerClosed | Sniffed::ClientClosed => None,
+        };
+        if let (Some(d), Some(who), true) = (dst, seen, plan.detect) {
+            if known != Some(who) {
+                self.speakers.set(d, who);
+            }
+        }
         match sniffed {
             Sniffed::Client(p @ (Protocol::Http1 | Protocol::Http2), _) => {
                 detected(p.name());

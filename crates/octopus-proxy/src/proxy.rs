@@ -247,13 +247,19 @@ impl listener::Settings for FromSnapshot {
                     inb.forward_to.port()
                 };
                 let app = SocketAddr::new(inb.forward_to.ip(), port);
+                // Octopus' own ports are never a destination: a peer must not reach the
+                // loopback-only admin port (or loop into a listener) by connecting to
+                // the pod's 9901.
+                let own = captured && own_ports(&snap.config).contains(&port);
                 listener::Plan {
-                    opaque: Some(crate::tcp::Destination::local_app(
-                        app,
-                        inb.tcp_idle_timeout,
-                        inb.tcp.clone(),
-                        fds,
-                    )),
+                    opaque: (!own).then(|| {
+                        crate::tcp::Destination::local_app(
+                            app,
+                            inb.tcp_idle_timeout,
+                            inb.tcp.clone(),
+                            fds,
+                        )
+                    }),
                     opaque_only: captured && inb.opaque_ports.contains(&dst.port()),
                     detect: captured,
                     detect_timeout: inb.detect_timeout,
@@ -277,6 +283,14 @@ impl listener::Settings for FromSnapshot {
             _ => None,
         }
     }
+}
+
+/// The ports octopus listens on.
+fn own_ports(c: &Config) -> Vec<u16> {
+    Kind::ALL
+        .iter()
+        .filter_map(|k| k.address(c).map(|a| a.port))
+        .collect()
 }
 
 impl Proxy {

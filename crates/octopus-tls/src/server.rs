@@ -117,7 +117,16 @@ impl ServerTls {
                 .with_label_values(&["inbound", result])
                 .inc()
         };
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        // A connection closed before its first byte never attempted a handshake: a TCP
+        // connect check, or a peer sidecar that dialled ahead for a server that might
+        // speak first. Not a handshake failure, so it does not feed TLS alerts.
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+        let mut first = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+            tracing::debug!(%peer, "inbound connection closed before a TLS handshake began");
+            return None;
+        }
+        let stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 let reason = rustls_error(&e).map_or("protocol", failure_reason);

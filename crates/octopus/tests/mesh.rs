@@ -272,6 +272,9 @@ outbound:
     - name: db
       match: {{ port: 5432, destination: 10.200.0.4/32 }}
       cluster: db
+    - name: db-admin
+      match: {{ port: 9901 }}
+      cluster: db-admin
 clusters:
   payments:
     endpoints: [10.200.0.3:8080]
@@ -279,6 +282,10 @@ clusters:
   db:
     protocol: tcp
     endpoints: [10.200.0.4:5432]
+    tls: {{ cert: {fe_cert}, key: {fe_key}, ca: {ca_path}, server_identity: \"{DB}\" }}
+  db-admin:
+    protocol: tcp
+    endpoints: [10.200.0.4:9901]
     tls: {{ cert: {fe_cert}, key: {fe_key}, ca: {ca_path}, server_identity: \"{DB}\" }}
 "
     );
@@ -308,17 +315,7 @@ inbound:
             &format!("{pod}-octopus.log"),
         );
         // The capture rules, as the init container writes them.
-        let out = w.exec(
-            pod,
-            &[
-                BIN,
-                "init",
-                "--proxy-uid",
-                "0",
-                "--skip-inbound-ports",
-                "9901",
-            ],
-        );
+        let out = w.exec(pod, &[BIN, "init", "--proxy-uid", "0"]);
         assert!(out.status.success(), "init in {pod}: {}", text(&out));
     }
     for pod in ["fe", "pay", "db"] {
@@ -429,6 +426,29 @@ inbound:
     let r: serde_json::Value = serde_json::from_str(&text(&out)).unwrap();
     assert_eq!(r["reply"], "legacy:legacy-tcp-plain\n", "{r}");
 
+    // An allowed peer still cannot reach the other pod's octopus ports (here its
+    // loopback-only admin port, captured like every port not skipped) through the
+    // opaque path: closed before a byte arrives.
+    let out = w.as_client(
+        "fe",
+        &[PYTHON, &apps, "client", "10.200.0.4", "9901", "hello"],
+    );
+    // The client either sees the connection close (empty greeting and reply) or fails
+    // to write to it; it never gets a byte.
+    if let Ok(r) = serde_json::from_str::<serde_json::Value>(&text(&out)) {
+        assert_eq!(
+            (r["greeting"].as_str(), r["reply"].as_str()),
+            (Some(""), Some("")),
+            "{r}"
+        );
+    }
+    assert!(
+        metric(
+            &w.metrics("db"),
+            r#"octopus_tcp_connections_total{result="refused",route="inbound"}"#
+        ) >= 1.0
+    );
+
     // Connect-to-greeting latency, printed for the record (never asserted): direct
     // (root is not captured), through one sidecar (passthrough), through two (mTLS).
     for (label, pod_args) in [
@@ -491,6 +511,16 @@ inbound:
         r#"octopus_protocol_detect_seconds_count{listener="outbound",protocol="http1"}"#
     ));
     let pay = w.metrics("pay");
+    // Dialling ahead for curl (before it sent its request) cost payments' sidecar an
+    // empty connection at most, never a failed handshake that would feed TLS alerts.
+    assert_eq!(
+        metric(
+            &pay,
+            r#"octopus_tls_handshakes_total{direction="inbound",result="protocol"}"#
+        ),
+        0.0,
+        "{pay}"
+    );
     assert!(
         metric(
             &pay,
