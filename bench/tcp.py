@@ -116,7 +116,16 @@ def report(results):
     text = "\n".join(lines) + "\n"
     out = os.path.abspath(os.environ.get("BENCH_OUT") or os.path.join(B.ROOT, "docs"))
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "benchmarks-tcp.md"), "w") as f:
+    path = os.path.join(out, "benchmarks-tcp.md")
+    # Hand-written analysis below the marker survives a re-run.
+    marker = "<!-- analysis: kept across runs -->"
+    try:
+        old = open(path).read()
+        if marker in old:
+            text += "\n" + marker + old.split(marker, 1)[1]
+    except FileNotFoundError:
+        pass
+    with open(path, "w") as f:
         f.write(text)
     print(text)
 

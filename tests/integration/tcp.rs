@@ -411,3 +411,86 @@ clusters:
     let mut new = TcpStream::connect(addr).await.unwrap();
     assert_eq!(round_trip(&mut new, "3\n").await, "b:3\n");
 }
+
+#[tokio::test]
+async fn each_tcp_connection_gets_an_access_log_line() {
+    let db = line_server("db", None).await;
+    let dead = dead_address().await;
+    let log = temp_file("tcp-access", "");
+    let yaml = format!(
+        "outbound:
+  listen: 127.0.0.1:0
+  access_log: {{ path: {} }}
+  tcp_routes:
+    - {{ name: db, match: {{ destination: 127.0.0.1/32 }}, cluster: db }}
+    - {{ name: gone, cluster: gone }}
+clusters:
+  db:
+    protocol: tcp
+    endpoints: [{db}]
+  gone:
+    protocol: tcp
+    endpoints: [{dead}]
+",
+        log.display()
+    );
+    let proxy = start(&yaml).await;
+    let addr = proxy.outbound_addr().unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(round_trip(&mut s, "hello\n").await, "db:hello\n");
+    drop(s);
+    // The same connection over IPv6 loopback matches no destination of `db`: it goes
+    // to `gone`, whose endpoint refuses.
+    if let Ok(l) = tokio::net::TcpListener::bind("[::1]:0").await {
+        drop(l);
+        let v6 = start(&yaml.replace("127.0.0.1:0", "\"[::1]:0\"")).await;
+        let mut s = TcpStream::connect(v6.outbound_addr().unwrap())
+            .await
+            .unwrap();
+        s.write_all(b"x\n").await.unwrap();
+        let mut buf = [0u8; 8];
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+    }
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || lines()
+            .iter()
+            .any(|l| l["result"] == "ok"))
+        .await
+    );
+    let ok = lines().into_iter().find(|l| l["result"] == "ok").unwrap();
+    assert_eq!(ok["protocol"], "tcp", "{ok}");
+    assert_eq!(ok["direction"], "outbound", "{ok}");
+    assert_eq!(ok["route"], "db", "{ok}");
+    assert_eq!(ok["cluster"], "db", "{ok}");
+    assert_eq!(ok["endpoint"], db.to_string(), "{ok}");
+    assert_eq!(ok["destination"], addr.to_string(), "{ok}");
+    assert_eq!(ok["bytes_in"], 6, "{ok}");
+    assert_eq!(ok["bytes_out"], 9, "{ok}");
+    assert!(ok["duration_ms"].as_f64().unwrap() > 0.0, "{ok}");
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        assert!(
+            eventually(Duration::from_secs(10), async || lines()
+                .iter()
+                .any(|l| l["result"] == "connect_failed"))
+            .await,
+            "{:?}",
+            lines()
+        );
+        let failed = lines()
+            .into_iter()
+            .find(|l| l["result"] == "connect_failed")
+            .unwrap();
+        assert_eq!(failed["route"], "gone", "{failed}");
+        assert!(
+            failed["error"].as_str().unwrap().contains("gone"),
+            "{failed}"
+        );
+    }
+}

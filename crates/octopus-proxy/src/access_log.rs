@@ -122,6 +122,72 @@ impl Record {
     }
 }
 
+/// One opaque TCP connection as the access log records it: written when it ends.
+#[derive(Debug)]
+pub struct TcpRecord {
+    pub start: SystemTime,
+    pub direction: &'static str,
+    pub route: Arc<str>,
+    pub cluster: Option<Arc<str>>,
+    pub endpoint: Option<SocketAddr>,
+    pub client: SocketAddr,
+    /// Where the client was connecting (the original destination when captured).
+    pub destination: Option<SocketAddr>,
+    /// `ok`, `connect_failed` or `refused` (as `octopus_tcp_connections_total`).
+    pub result: &'static str,
+    /// Why it was not carried, for the two failures.
+    pub error: Option<String>,
+    pub duration: Duration,
+    /// Bytes from the client, and to it.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub peer_identity: Option<Arc<str>>,
+}
+
+/// The JSON shape of a TCP line: the HTTP line's names where they mean the same, and
+/// `protocol: "tcp"` to tell them apart.
+#[derive(Serialize)]
+struct TcpLine<'a> {
+    start: String,
+    direction: &'a str,
+    route: &'a str,
+    cluster: Option<&'a str>,
+    endpoint: Option<String>,
+    client: String,
+    destination: Option<String>,
+    protocol: &'a str,
+    result: &'a str,
+    error: Option<&'a str>,
+    duration_ms: f64,
+    bytes_in: u64,
+    bytes_out: u64,
+    peer_identity: Option<&'a str>,
+}
+
+impl TcpRecord {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let line = TcpLine {
+            start: rfc3339(self.start),
+            direction: self.direction,
+            route: &self.route,
+            cluster: self.cluster.as_deref(),
+            endpoint: self.endpoint.map(|e| e.to_string()),
+            client: self.client.to_string(),
+            destination: self.destination.map(|d| d.to_string()),
+            protocol: "tcp",
+            result: self.result,
+            error: self.error.as_deref(),
+            duration_ms: millis(self.duration),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            peer_identity: self.peer_identity.as_deref(),
+        };
+        if serde_json::to_writer(&mut *out, &line).is_ok() {
+            out.push(b'\n');
+        }
+    }
+}
+
 fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
@@ -223,6 +289,16 @@ impl AccessLog {
         }
     }
 
+    /// Queues a TCP connection's line; never waits (as [`AccessLog::write`]).
+    pub fn write_tcp(&self, record: TcpRecord) {
+        match self.0.sink.tx.try_send(Msg::Tcp(Box::new(record))) {
+            Ok(()) => self.0.lines.inc(),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.0.sink.dropped.inc();
+            }
+        }
+    }
+
     /// Reopens the file (after logrotate moved it); stdout needs nothing.
     pub fn reopen(&self) {
         self.0.sink.reopen.store(true, Ordering::Release);
@@ -236,6 +312,7 @@ enum Msg {
         record: Box<Record>,
         include_query: bool,
     },
+    Tcp(Box<TcpRecord>),
     Wake,
 }
 
@@ -318,12 +395,13 @@ fn drain(rx: Receiver<Msg>, mut out: Out, reopen: &AtomicBool) {
                 },
             };
             taken += 1;
-            if let Msg::Line {
-                record,
-                include_query,
-            } = msg
-            {
-                record.write_json(include_query, &mut buf);
+            match msg {
+                Msg::Line {
+                    record,
+                    include_query,
+                } => record.write_json(include_query, &mut buf),
+                Msg::Tcp(record) => record.write_json(&mut buf),
+                Msg::Wake => {}
             }
             if buf.len() >= WRITE_AT {
                 out.write(&buf);

@@ -84,6 +84,9 @@ pub(crate) struct Plan {
     /// Captured connections of the passthrough kind: HTTP requests no route takes go
     /// to the original destination.
     pub passthrough_http: bool,
+    /// The side's access log, when this connection is sampled: opaque connections get
+    /// a line when they end.
+    pub log: Option<crate::access_log::AccessLog>,
 }
 
 impl Plan {
@@ -95,6 +98,7 @@ impl Plan {
             detect_timeout: Duration::ZERO,
             refused: None,
             passthrough_http: false,
+            log: None,
         }
     }
 }
@@ -264,12 +268,16 @@ pub(crate) async fn serve<H, Fut>(
             transports: transports.clone(),
             first_byte_wait: current.header_read_timeout,
             speakers: speakers.clone(),
+            accepted: Instant::now(),
+            destination: None,
         };
         // Captured connections carry where they were going; others were made to the
         // listener itself. One getsockopt per connection.
         let local = stream.local_addr().ok();
         let captured = local.and_then(|l| original_dst(&stream, l));
         let dst = captured.or(local);
+        let mut job = job;
+        job.destination = dst;
         let plan = match dst {
             Some(dst) => settings.plan(dst, captured.is_some()),
             None => Plan::http(),
@@ -315,6 +323,9 @@ struct Job<H> {
     first_byte_wait: Duration,
     /// The listener's memory of who speaks first where (see `FirstSpeakers`).
     speakers: Arc<crate::detect::FirstSpeakers>,
+    accepted: Instant,
+    /// Where the client was connecting: the original destination, or the listener.
+    destination: Option<SocketAddr>,
 }
 
 impl<H, Fut> Job<H>
@@ -361,7 +372,7 @@ where
             if tls.is_some() {
                 self.transports[1].inc();
             }
-            return self.opaque(stream, plan, None).await;
+            return self.opaque(stream, plan, None, Vec::new(), None).await;
         }
         let passthrough = original.filter(|_| plan.passthrough_http);
         let start = Instant::now();
@@ -421,17 +432,16 @@ where
                 if tls.is_some() {
                     self.transports[1].inc();
                 }
-                self.opaque(stream, plan, pending.finish().await).await
+                let dialled = pending.finish().await;
+                self.opaque(stream, plan, dialled, Vec::new(), None).await
             }
             Sniffed::Server(up, greeting) => {
                 detected("opaque");
                 if tls.is_some() {
                     self.transports[1].inc();
                 }
-                if let Some(dest) = plan.opaque {
-                    tcp::carry(stream, up, &greeting, &dest).await;
-                }
-                Ok(())
+                self.opaque(stream, plan, Some(Ok(up)), greeting, None)
+                    .await
             }
             Sniffed::Timeout(pending) => {
                 if !plan.detect {
@@ -445,50 +455,96 @@ where
                     .protocol_detect_timeouts_total
                     .with_label_values(&[self.name])
                     .inc();
-                self.opaque(stream, plan, pending.finish().await).await
+                let dialled = pending.finish().await;
+                self.opaque(stream, plan, dialled, Vec::new(), None).await
             }
             Sniffed::ServerClosed | Sniffed::ClientClosed => Ok(()),
         }
     }
 
     /// Carries an opaque connection to the plan's destination, using the connection
-    /// detection already opened when there is one.
+    /// detection already opened (and what its server already said) when there is one;
+    /// writes its access-log line when it ends.
     async fn opaque<C>(
         self,
         client: C,
         plan: Plan,
         dialled: Option<Result<tcp::Upstream, tcp::TcpError>>,
+        greeting: Vec<u8>,
+        identity: Option<Arc<str>>,
     ) -> Result<(), BoxError>
     where
         C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let Some(dest) = plan.opaque else {
+        let mut line = plan.log.as_ref().map(|_| crate::access_log::TcpRecord {
+            start: std::time::SystemTime::now() - self.accepted.elapsed(),
+            direction: self.name,
+            route: crate::error::NONE_LABEL.into(),
+            cluster: None,
+            endpoint: None,
+            client: self.peer,
+            destination: self.destination,
+            result: "refused",
+            error: None,
+            duration: Duration::ZERO,
+            bytes_in: 0,
+            bytes_out: 0,
+            peer_identity: identity,
+        });
+        let finish = |line: Option<crate::access_log::TcpRecord>| {
+            if let (Some(log), Some(mut rec)) = (&plan.log, line) {
+                rec.duration = self.accepted.elapsed();
+                log.write_tcp(rec);
+            }
+        };
+        let Some(dest) = plan.opaque.clone() else {
             if let Some(m) = &plan.refused {
                 m.refuse();
             }
+            if let Some(rec) = line.as_mut() {
+                rec.error = Some("no route takes this connection".into());
+            }
+            finish(line);
             tracing::debug!(peer = %self.peer, listener = self.name, "opaque connection with no route; closed");
             return Ok(());
         };
+        if let Some(rec) = line.as_mut() {
+            rec.route = dest.route();
+            rec.cluster = dest.cluster();
+        }
         let dialled = match dialled {
             Some(d) => d,
             None => dest.clone().dial().await,
         };
         match dialled {
             Ok(up) => {
-                tcp::carry(client, up, &[], &dest).await;
-                Ok(())
+                let endpoint = up.endpoint;
+                let (bytes_in, bytes_out) = tcp::carry(client, up, &greeting, &dest).await;
+                if let Some(rec) = line.as_mut() {
+                    rec.result = "ok";
+                    rec.endpoint = endpoint;
+                    rec.bytes_in = bytes_in;
+                    rec.bytes_out = bytes_out;
+                }
             }
             Err(e) => {
                 let m = dest.metrics();
-                if e.is_limit() {
+                let result = if e.is_limit() {
                     m.refuse();
+                    "refused"
                 } else {
                     m.connect_failed.inc();
-                }
+                    "connect_failed"
+                };
                 tracing::info!(peer = %self.peer, listener = self.name, error = %e, "TCP connection not carried");
-                Ok(())
+                if let Some(rec) = line.as_mut() {
+                    rec.result = result;
+                    rec.error = Some(e.to_string());
+                }
             }
         }
+        finish(line);
+        Ok(())
     }
 
     /// The mTLS handshake, then HTTP, or opaque TCP when the peer sidecar asked for it
@@ -511,7 +567,10 @@ where
                 tracing::warn!(peer = %self.peer, identity = acc.identity.as_deref().unwrap_or("<none>"), "opaque mTLS connection from an identity not allowed; closed");
                 return Ok(());
             }
-            return self.opaque(acc.stream, plan, None).await;
+            let identity = acc.identity.map(Arc::<str>::from);
+            return self
+                .opaque(acc.stream, plan, None, Vec::new(), identity)
+                .await;
         }
         let info = ConnInfo {
             peer: self.peer,

@@ -233,6 +233,7 @@ impl listener::Settings for FromSnapshot {
                     passthrough_http: captured
                         && t.unmatched() == octopus_config::Unmatched::Passthrough,
                     opaque,
+                    log: out.access_log.clone().filter(|l| l.sampled()),
                 }
             }
             Kind::INBOUND => {
@@ -265,6 +266,7 @@ impl listener::Settings for FromSnapshot {
                     detect_timeout: inb.detect_timeout,
                     refused: Some(inb.tcp.clone()),
                     passthrough_http: false,
+                    log: inb.access_log.clone().filter(|l| l.sampled()),
                 }
             }
             Kind::Admin | Kind::Metrics => listener::Plan::http(),

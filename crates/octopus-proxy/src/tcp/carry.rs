@@ -20,8 +20,14 @@ use tokio::time::Instant;
 const BUF: usize = 16 * 1024;
 
 /// Carries `client` <-> `upstream`; `greeting` (what the server said before the
-/// client spoke, read during detection) goes to the client first.
-pub async fn carry<C>(client: C, upstream: Upstream, greeting: &[u8], dest: &Destination)
+/// client spoke, read during detection) goes to the client first. Returns the bytes
+/// received from the client and sent to it.
+pub async fn carry<C>(
+    client: C,
+    upstream: Upstream,
+    greeting: &[u8],
+    dest: &Destination,
+) -> (u64, u64)
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -39,7 +45,7 @@ where
     if !greeting.is_empty() {
         if let Err(e) = client.write_all(greeting).await {
             tracing::debug!(error = %e, "client left before the server's greeting");
-            return;
+            return (0, 0);
         }
     }
     let idle = dest.idle_timeout();
@@ -53,6 +59,7 @@ where
             tracing::debug!(?idle, "TCP connection idle; closed");
         }
     }
+    (client.read, upstream.read + greeting.len() as u64)
 }
 
 /// Lowers the open-connections gauge however the connection ends.
@@ -95,15 +102,20 @@ impl Clock {
     }
 }
 
-/// Marks activity on every read that brings bytes.
+/// Marks activity on every read that brings bytes, and counts them.
 struct Touch<T> {
     inner: T,
     clock: Arc<Clock>,
+    read: u64,
 }
 
 impl<T> Touch<T> {
     fn new(inner: T, clock: Arc<Clock>) -> Self {
-        Touch { inner, clock }
+        Touch {
+            inner,
+            clock,
+            read: 0,
+        }
     }
 }
 
@@ -116,8 +128,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Touch<T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
             this.clock.touch();
+            this.read += n as u64;
         }
         polled
     }

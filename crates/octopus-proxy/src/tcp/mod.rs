@@ -165,6 +165,7 @@ impl TcpTable {
         }
         (captured && self.unmatched == Unmatched::Passthrough).then(|| Destination::Direct {
             addr: dst,
+            route: PASSTHROUGH,
             connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT,
             idle_timeout: PASSTHROUGH_IDLE_TIMEOUT,
             metrics: self.passthrough.clone(),
@@ -187,6 +188,8 @@ pub enum Destination {
     /// (inbound).
     Direct {
         addr: SocketAddr,
+        /// The `route` label: `passthrough`, or `inbound` for the local app.
+        route: &'static str,
         connect_timeout: Duration,
         idle_timeout: Duration,
         metrics: TcpMetrics,
@@ -204,6 +207,7 @@ impl Destination {
     ) -> Self {
         Destination::Direct {
             addr,
+            route: crate::error::INBOUND_ROUTE,
             connect_timeout: LOCAL_APP_CONNECT_TIMEOUT,
             idle_timeout,
             metrics,
@@ -215,6 +219,25 @@ impl Destination {
         match self {
             Destination::Route(r) => &r.metrics,
             Destination::Direct { metrics, .. } => metrics,
+        }
+    }
+
+    /// The `route` label.
+    pub fn route(&self) -> Arc<str> {
+        match self {
+            Destination::Route(r) => r.name.clone(),
+            Destination::Direct { route, .. } => Arc::from(*route),
+        }
+    }
+
+    /// The cluster, for access-log lines: a route's, or the local app.
+    pub fn cluster(&self) -> Option<Arc<str>> {
+        match self {
+            Destination::Route(r) => Some(r.cluster.name.clone()),
+            Destination::Direct { route, .. } if *route == crate::error::INBOUND_ROUTE => {
+                Some(crate::error::LOCAL_APP.into())
+            }
+            Destination::Direct { .. } => None,
         }
     }
 
