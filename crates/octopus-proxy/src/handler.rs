@@ -40,7 +40,9 @@ impl Direction {
 
 enum Target<'a> {
     Route(&'a Route),
-    Inbound(&'a Inbound),
+    /// The local app: `forward_to`, or (a captured peer connection to another app
+    /// port) the connection's own endpoint for that port.
+    Inbound(&'a Inbound, Option<std::sync::Arc<Endpoint>>),
     /// A captured connection's request no route takes, sent on to where it was going
     /// (`outbound.unmatched: passthrough`).
     Passthrough(&'a crate::snapshot::Passthrough, std::sync::Arc<Endpoint>),
@@ -50,7 +52,7 @@ impl Target<'_> {
     fn name(&self) -> &str {
         match self {
             Target::Route(r) => &r.name,
-            Target::Inbound(_) => crate::snapshot::INBOUND_ROUTE,
+            Target::Inbound(..) => crate::snapshot::INBOUND_ROUTE,
             Target::Passthrough(..) => crate::tcp::PASSTHROUGH,
         }
     }
@@ -58,7 +60,7 @@ impl Target<'_> {
     fn metrics(&self, cluster: Option<&str>) -> &TargetMetrics {
         match self {
             Target::Route(r) => r.metrics_for(cluster),
-            Target::Inbound(i) => &i.metrics,
+            Target::Inbound(i, _) => &i.metrics,
             Target::Passthrough(p, _) => &p.metrics,
         }
     }
@@ -239,21 +241,26 @@ async fn respond(
             match out.and_then(|o| o.router.find(host, &req)) {
                 Some(route) => Target::Route(route),
                 None => match (out, conn.passthrough) {
-                    (Some(out), Some(dst)) => {
-                        Target::Passthrough(&out.passthrough, passthrough(shared, conn, dst, &req))
-                    }
+                    (Some(out), Some(dst)) => Target::Passthrough(
+                        &out.passthrough,
+                        connection_endpoint(shared, conn, dst, &req, dir),
+                    ),
                     _ => return fail(ProxyError::NoRoute, early, start, note, &report),
                 },
             }
         }
         Direction::Inbound => match snap.inbound.as_ref() {
-            Some(inb) => Target::Inbound(inb),
+            Some(inb) => Target::Inbound(
+                inb,
+                conn.passthrough
+                    .map(|port| connection_endpoint(shared, conn, port, &req, dir)),
+            ),
             None => return fail(ProxyError::NoRoute, early, start, note, &report),
         },
     };
     note.route = Some(match &target {
         Target::Route(r) => r.name.clone(),
-        Target::Inbound(_) => crate::snapshot::INBOUND_ROUTE.into(),
+        Target::Inbound(..) => crate::snapshot::INBOUND_ROUTE.into(),
         Target::Passthrough(..) => crate::tcp::PASSTHROUGH.into(),
     });
     // From here a request that ends without an answer (the client went away) is
@@ -345,7 +352,7 @@ async fn forward(
     mut req: Request<Incoming>,
     note: &mut Note,
 ) -> Result<Response<Body>, ProxyError> {
-    if let Target::Inbound(_) = target {
+    if let Target::Inbound(..) = target {
         if conn.tls && !conn.allowed {
             return Err(ProxyError::IdentityNotAllowed);
         }
@@ -355,7 +362,7 @@ async fn forward(
     }
     let (max_body, upgrades, body_timeout) = match target {
         Target::Route(r) => (r.max_body, &r.upgrades, r.request_body_timeout),
-        Target::Inbound(i) => (None, &i.upgrades, i.request_body_timeout),
+        Target::Inbound(i, _) => (None, &i.upgrades, i.request_body_timeout),
         Target::Passthrough(p, _) => (None, &p.upgrades, p.request_body_timeout),
     };
     if let Some(limit) = max_body {
@@ -436,8 +443,8 @@ async fn forward(
 
     let call = match target {
         Target::Route(r) => r.service.call_shared(req),
-        Target::Inbound(i) => i.cluster.call(req),
-        Target::Passthrough(_, ep) => {
+        Target::Inbound(i, None) => i.cluster.call(req),
+        Target::Inbound(_, Some(ep)) | Target::Passthrough(_, ep) => {
             tower::Service::call(&mut crate::endpoint::EndpointService::new(ep.clone()), req)
         }
     };
@@ -467,14 +474,17 @@ async fn forward(
     Ok(resp.map(|b| b.hold(admitted)))
 }
 
-/// The connection's own endpoint for its original destination, opened by its first
-/// unrouted request: HTTP/2 when the app spoke HTTP/2 (prior knowledge, so the
-/// destination does too), else HTTP/1.1.
-fn passthrough<B>(
+/// The connection's own endpoint for where its unrouted requests go (outbound: the
+/// original destination; inbound: the app port the peer connected to), opened by the
+/// first such request: HTTP/2 when the client spoke HTTP/2 (prior knowledge, so the
+/// destination does too), else HTTP/1.1. Its connections count against the side's
+/// descriptors like any other.
+fn connection_endpoint<B>(
     shared: &Shared,
     conn: &ConnInfo,
     dst: std::net::SocketAddr,
     req: &Request<B>,
+    dir: Direction,
 ) -> std::sync::Arc<Endpoint> {
     conn.passthrough_endpoint
         .get_or_init(|| {
@@ -483,13 +493,25 @@ fn passthrough<B>(
             } else {
                 octopus_config::Protocol::Http1
             };
+            let (label, descriptors, timeout) = match dir {
+                Direction::Outbound => (
+                    crate::tcp::PASSTHROUGH,
+                    &shared.descriptors.outbound,
+                    PASSTHROUGH_CONNECT_TIMEOUT,
+                ),
+                Direction::Inbound => (
+                    crate::error::LOCAL_APP,
+                    &shared.descriptors.inbound,
+                    LOCAL_APP_CONNECT_TIMEOUT,
+                ),
+            };
             Endpoint::new(
-                crate::tcp::PASSTHROUGH.into(),
+                label.into(),
                 dst,
-                &ConnectionSpec::new(protocol, PASSTHROUGH_CONNECT_TIMEOUT),
+                &ConnectionSpec::new(protocol, timeout),
                 None,
                 None,
-                Some(shared.descriptors.outbound.clone()),
+                Some(descriptors.clone()),
                 None,
             )
         })
@@ -498,6 +520,8 @@ fn passthrough<B>(
 
 /// A passthrough destination is wherever the app was going, maybe far away.
 const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The app is on this host.
+const LOCAL_APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn cluster_of(resp: &Response<Body>) -> Option<std::sync::Arc<str>> {
     resp.body().served_by().cloned()

@@ -81,9 +81,11 @@ pub(crate) struct Plan {
     pub detect_timeout: Duration,
     /// Counts a connection closed because nothing may take it.
     pub refused: Option<tcp::TcpMetrics>,
-    /// Captured connections of the passthrough kind: HTTP requests no route takes go
-    /// to the original destination.
-    pub passthrough_http: bool,
+    /// Where this connection's HTTP requests go other than by the routes: outbound,
+    /// the original destination of a captured connection (for requests no route
+    /// takes, `unmatched: passthrough`); inbound, the app port a peer connected to
+    /// when it is not `forward_to`'s.
+    pub http_to: Option<SocketAddr>,
     /// The side's access log, when this connection is sampled: opaque connections get
     /// a line when they end.
     pub log: Option<crate::access_log::AccessLog>,
@@ -97,7 +99,7 @@ impl Plan {
             detect: false,
             detect_timeout: Duration::ZERO,
             refused: None,
-            passthrough_http: false,
+            http_to: None,
             log: None,
         }
     }
@@ -295,7 +297,7 @@ pub(crate) async fn serve<H, Fut>(
             });
         } else {
             tokio::spawn(async move {
-                let result = Box::pin(job.run(stream, plan, tls, captured, dst)).await;
+                let result = Box::pin(job.run(stream, plan, tls, dst)).await;
                 end.finish(result);
             });
         }
@@ -358,7 +360,6 @@ where
         stream: tokio::net::TcpStream,
         plan: Plan,
         tls: Option<Arc<octopus_tls::ServerTls>>,
-        original: Option<SocketAddr>,
         dst: Option<SocketAddr>,
     ) -> Result<(), BoxError> {
         let permissive = tls
@@ -374,7 +375,7 @@ where
             }
             return self.opaque(stream, plan, None, Vec::new(), None).await;
         }
-        let passthrough = original.filter(|_| plan.passthrough_http);
+        let passthrough = plan.http_to;
         let start = Instant::now();
         // Without detection (a plain client of a permissive listener that was not
         // captured) a silent client is handed to the TLS side, as before detection.
@@ -578,7 +579,7 @@ where
             identity: acc.identity.map(Arc::<str>::from),
             allowed: acc.allowed,
             tls: true,
-            passthrough: None,
+            passthrough: plan.http_to,
             passthrough_endpoint: std::sync::OnceLock::new(),
         };
         serve_connection(

@@ -230,8 +230,8 @@ impl listener::Settings for FromSnapshot {
                     detect: true,
                     detect_timeout: t.detect_timeout(),
                     refused: Some(t.passthrough_metrics().clone()),
-                    passthrough_http: captured
-                        && t.unmatched() == octopus_config::Unmatched::Passthrough,
+                    http_to: (captured && t.unmatched() == octopus_config::Unmatched::Passthrough)
+                        .then_some(dst),
                     opaque,
                     log: out.access_log.clone().filter(|l| l.sampled()),
                 }
@@ -265,7 +265,9 @@ impl listener::Settings for FromSnapshot {
                     detect: captured,
                     detect_timeout: inb.detect_timeout,
                     refused: Some(inb.tcp.clone()),
-                    passthrough_http: false,
+                    // HTTP to another app port than forward_to's goes to that port;
+                    // to an octopus port, to forward_to (never to admin).
+                    http_to: (captured && port != inb.forward_to.port() && !own).then_some(app),
                     log: inb.access_log.clone().filter(|l| l.sampled()),
                 }
             }

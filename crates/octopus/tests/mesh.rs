@@ -242,6 +242,19 @@ fn captured_http_and_tcp_cross_two_sidecars_over_mtls() {
         &[PYTHON, &apps, "http", "payments", "127.0.0.1", "8080"],
         "pay-app.log",
     );
+    // A second HTTP port of the payments pod, beside forward_to's.
+    w.spawn(
+        "pay",
+        &[
+            PYTHON,
+            &apps,
+            "http",
+            "payments-metrics",
+            "127.0.0.1",
+            "9090",
+        ],
+        "pay-metrics.log",
+    );
     w.spawn(
         "db",
         &[PYTHON, &apps, "banner", "db", "127.0.0.1", "5432"],
@@ -268,6 +281,9 @@ outbound:
     - name: payments
       match: {{ host: payments }}
       cluster: payments
+    - name: payments-metrics
+      match: {{ host: payments-metrics }}
+      cluster: payments-metrics
   tcp_routes:
     - name: db
       match: {{ port: 5432, destination: 10.200.0.4/32 }}
@@ -278,6 +294,9 @@ outbound:
 clusters:
   payments:
     endpoints: [10.200.0.3:8080]
+    tls: {{ cert: {fe_cert}, key: {fe_key}, ca: {ca_path}, server_identity: \"{PAYMENTS}\" }}
+  payments-metrics:
+    endpoints: [10.200.0.3:9090]
     tls: {{ cert: {fe_cert}, key: {fe_key}, ca: {ca_path}, server_identity: \"{PAYMENTS}\" }}
   db:
     protocol: tcp
@@ -373,6 +392,29 @@ inbound:
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(reply["app"], "payments", "{body}");
     assert_eq!(reply["path"], "/mesh-secret-path", "{body}");
+    assert_eq!(
+        reply["headers"]["x-octopus-peer-identity"], FRONTEND,
+        "{body}"
+    );
+
+    // The payments pod's other HTTP port: the peer connected to 9090, and octopus
+    // forwards there (not to forward_to's 8080), still with the verified identity.
+    let out = w.as_client(
+        "fe",
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "10",
+            "-H",
+            "host: payments-metrics",
+            "http://10.200.0.3:9090/metrics",
+        ],
+    );
+    let body = text(&out);
+    let reply: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(reply["app"], "payments-metrics", "{body}");
     assert_eq!(
         reply["headers"]["x-octopus-peer-identity"], FRONTEND,
         "{body}"
