@@ -8,6 +8,8 @@ network namespaces they create. Standard library only.
   client HOST PORT LINE         connects, reads the greeting, sends LINE, prints
                                 {"greeting", "reply", "connect_ms", "greeting_ms"}
   latency HOST PORT N           N connections: prints the median connect->greeting ms
+  hold HOST PORT SECONDS LINE   connects, reads the greeting, waits, sends LINE: prints
+                                {"greeting", "reply", "error"}
   sniff IFACE FILE              appends every frame seen on IFACE to FILE until killed
 """
 
@@ -106,6 +108,21 @@ def latency(host, port, n):
     print(json.dumps({"median_ms": times[len(times) // 2], "min_ms": times[0], "max_ms": times[-1]}))
 
 
+def hold(host, port, seconds, line):
+    """Connects, reads the greeting, waits, then sends LINE: what an open connection
+    sees when the sidecar under it restarts."""
+    out = {"greeting": "", "reply": "", "error": None}
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        out["greeting"] = read_line(sock)
+        time.sleep(float(seconds))
+        sock.sendall(line.encode() + b"\n")
+        out["reply"] = read_line(sock)
+    except OSError as e:
+        out["error"] = type(e).__name__
+    print(json.dumps(out), flush=True)
+
+
 def sniff(iface, path):
     eth_p_all = 0x0003
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(eth_p_all))
@@ -117,4 +134,4 @@ def sniff(iface, path):
 
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
-    {"http": http_app, "banner": banner_app, "client": client, "latency": latency, "sniff": sniff}[mode](*args)
+    {"http": http_app, "banner": banner_app, "client": client, "latency": latency, "hold": hold, "sniff": sniff}[mode](*args)

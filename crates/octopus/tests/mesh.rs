@@ -90,7 +90,8 @@ impl World {
         self.exec(pod, &all)
     }
 
-    fn spawn(&mut self, pod: &str, args: &[&str], log: &str) {
+    /// Starts a process in `pod`; returns its index in `children`.
+    fn spawn(&mut self, pod: &str, args: &[&str], log: &str) -> usize {
         let out = std::fs::File::create(self.dir.join(log)).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns(pod)])
@@ -101,6 +102,14 @@ impl World {
             .spawn()
             .unwrap();
         self.children.push(child);
+        self.children.len() - 1
+    }
+
+    /// Kills one of the test's processes (by its pid) and reaps it.
+    fn kill(&mut self, i: usize) {
+        let c = &mut self.children[i];
+        let _ = c.kill();
+        let _ = c.wait();
     }
 
     fn add_namespace(&mut self, pod: &str) -> bool {
@@ -272,6 +281,7 @@ fn captured_http_and_tcp_cross_two_sidecars_over_mtls() {
     );
 
     // Sidecars.
+    let mut fe_octopus = (0, String::new());
     let frontend = format!(
         "namespace: shop
 outbound:
@@ -328,11 +338,14 @@ inbound:
         ("db", inbound(&db_cert, &db_key)),
     ] {
         let cfg = write(&dir, &format!("{pod}.yaml"), &yaml);
-        w.spawn(
+        let i = w.spawn(
             pod,
             &[BIN, "run", "--config", &cfg],
             &format!("{pod}-octopus.log"),
         );
+        if pod == "fe" {
+            fe_octopus = (i, cfg.clone());
+        }
         // The capture rules, as the init container writes them.
         let out = w.exec(pod, &[BIN, "init", "--proxy-uid", "0"]);
         assert!(out.status.success(), "init in {pod}: {}", text(&out));
@@ -597,4 +610,64 @@ inbound:
             String::from_utf8_lossy(secret)
         );
     }
+
+    // The frontend's octopus restarts under an open captured connection: octopus held
+    // both ends, so the connection ends with it; while it is down, new captured
+    // connections are refused (the rules stay: nothing is sent around the mesh); once
+    // it is back, they work again.
+    let held = w.spawn(
+        "fe",
+        &[
+            "setpriv",
+            "--reuid",
+            CLIENT_UID,
+            "--regid",
+            CLIENT_UID,
+            "--clear-groups",
+            PYTHON,
+            &apps,
+            "hold",
+            "10.200.0.4",
+            "5432",
+            "1.5",
+            "after-restart",
+        ],
+        "hold.log",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    w.kill(fe_octopus.0);
+    let refused = w.as_client(
+        "fe",
+        &[PYTHON, &apps, "client", "10.200.0.4", "5432", "while-down"],
+    );
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("ConnectionRefusedError"),
+        "{}",
+        text(&refused)
+    );
+    let _ = w.children[held].wait();
+    let held_out = std::fs::read_to_string(dir.join("hold.log")).unwrap();
+    let h: serde_json::Value =
+        serde_json::from_str(held_out.trim()).unwrap_or_else(|e| panic!("{e}: {held_out}"));
+    assert_eq!(h["greeting"], "220 db ready\r\n", "{h}");
+    assert_eq!(h["reply"], "", "the connection outlived octopus: {h}");
+    eprintln!("an open captured connection across an octopus restart: {h}");
+    w.spawn(
+        "fe",
+        &[BIN, "run", "--config", &fe_octopus.1],
+        "fe-octopus-2.log",
+    );
+    w.wait("octopus in fe, restarted", || {
+        w.exec("fe", &["curl", "-sf", "http://127.0.0.1:9901/ready"])
+            .status
+            .success()
+    });
+    let out = w.as_client(
+        "fe",
+        &[PYTHON, &apps, "client", "10.200.0.4", "5432", "after"],
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&text(&out)).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(r["reply"], "db:after\n", "{r}");
 }
