@@ -300,19 +300,7 @@ impl Checker {
         let mut names = HashSet::new();
         for (i, r) in out.routes.iter().enumerate() {
             let p = format!("outbound.routes[{i}]");
-            if RESERVED_ROUTE_LABELS.contains(&r.name.as_str()) {
-                self.err(
-                    format!("{p}.name"),
-                    format!("`{}` is reserved for octopus' own metric labels", r.name),
-                );
-            } else if !valid_label(&r.name) {
-                self.err(format!("{p}.name"), format!("`{}`: a route name must be 1-64 characters of [A-Za-z0-9_.-] (it is a metrics label)", r.name));
-            } else if !names.insert(r.name.as_str()) {
-                self.err(
-                    format!("{p}.name"),
-                    format!("duplicate route name `{}`", r.name),
-                );
-            }
+            self.route_name(&p, &r.name, &mut names, "");
             self.matcher(&p, &r.matches);
             let http_clusters = || {
                 c.clusters
@@ -405,19 +393,12 @@ impl Checker {
         let mut names: HashSet<&str> = out.routes.iter().map(|r| r.name.as_str()).collect();
         for (i, r) in out.tcp_routes.iter().enumerate() {
             let p = format!("outbound.tcp_routes[{i}]");
-            if RESERVED_ROUTE_LABELS.contains(&r.name.as_str()) {
-                self.err(
-                    format!("{p}.name"),
-                    format!("`{}` is reserved for octopus' own metric labels", r.name),
-                );
-            } else if !valid_label(&r.name) {
-                self.err(format!("{p}.name"), format!("`{}`: a route name must be 1-64 characters of [A-Za-z0-9_.-] (it is a metrics label)", r.name));
-            } else if !names.insert(r.name.as_str()) {
-                self.err(
-                    format!("{p}.name"),
-                    format!("duplicate route name `{}` (HTTP and TCP routes share one namespace: it is the `route` label)", r.name),
-                );
-            }
+            self.route_name(
+                &p,
+                &r.name,
+                &mut names,
+                " (HTTP and TCP routes share one namespace: it is the `route` label)",
+            );
             match c.clusters.get(&r.cluster) {
                 None => {
                     let tcp = c
@@ -443,6 +424,30 @@ impl Checker {
         }
         self.ports("outbound.opaque_ports", &out.opaque_ports);
         self.at_least_10ms("outbound.detect_timeout", out.detect_timeout);
+    }
+
+    /// A route's name is its `route` label: not one of octopus' own, a valid label,
+    /// unique among the names seen so far.
+    fn route_name<'a>(
+        &mut self,
+        p: &str,
+        name: &'a str,
+        seen: &mut HashSet<&'a str>,
+        why_unique: &str,
+    ) {
+        if RESERVED_ROUTE_LABELS.contains(&name) {
+            self.err(
+                format!("{p}.name"),
+                format!("`{name}` is reserved for octopus' own metric labels"),
+            );
+        } else if !valid_label(name) {
+            self.err(format!("{p}.name"), format!("`{name}`: a route name must be 1-64 characters of [A-Za-z0-9_.-] (it is a metrics label)"));
+        } else if !seen.insert(name) {
+            self.err(
+                format!("{p}.name"),
+                format!("duplicate route name `{name}`{why_unique}"),
+            );
+        }
     }
 
     fn ports(&mut self, p: &str, ports: &[u16]) {

@@ -139,10 +139,10 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     /// A plain-HTTP client: no certificate, so no identity to check.
-    fn plain(peer: SocketAddr, forwarded_for: crate::headers::ForwardedFor) -> Self {
+    fn plain(peer: SocketAddr) -> Self {
         ConnInfo {
             peer,
-            forwarded_for,
+            forwarded_for: crate::headers::ForwardedFor::new(peer.ip()),
             identity: None,
             allowed: true,
             tls: false,
@@ -264,7 +264,6 @@ pub(crate) async fn serve<H, Fut>(
             stop: stop.clone(),
             idle: current.idle_timeout,
             peer,
-            forwarded_for: crate::headers::ForwardedFor::new(peer.ip()),
             name,
             metrics: metrics.clone(),
             transports: transports.clone(),
@@ -317,7 +316,6 @@ struct Job<H> {
     stop: watch::Receiver<bool>,
     idle: Duration,
     peer: SocketAddr,
-    forwarded_for: crate::headers::ForwardedFor,
     name: &'static str,
     metrics: Arc<Metrics>,
     /// `octopus_inbound_connections_total{transport="mtls"|"plaintext"}`.
@@ -340,8 +338,15 @@ where
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let mut info = ConnInfo::plain(self.peer, self.forwarded_for);
+        let mut info = ConnInfo::plain(self.peer);
         info.passthrough = passthrough;
+        self.http(io, info).await
+    }
+
+    async fn http<I>(self, io: I, info: ConnInfo) -> Result<(), BoxError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         serve_connection(
             &self.builder,
             io,
@@ -575,23 +580,14 @@ where
         }
         let info = ConnInfo {
             peer: self.peer,
-            forwarded_for: self.forwarded_for,
+            forwarded_for: crate::headers::ForwardedFor::new(self.peer.ip()),
             identity: acc.identity.map(Arc::<str>::from),
             allowed: acc.allowed,
             tls: true,
             passthrough: plan.http_to,
             passthrough_endpoint: std::sync::OnceLock::new(),
         };
-        serve_connection(
-            &self.builder,
-            acc.stream,
-            self.bytes,
-            self.handler,
-            info,
-            self.stop,
-            self.idle,
-        )
-        .await
+        self.http(acc.stream, info).await
     }
 }
 

@@ -156,6 +156,19 @@ impl World {
         panic!("{what} did not come up; logs in {}", self.dir.display());
     }
 
+    /// What a captured client's command printed, as JSON.
+    fn client_json(&self, pod: &str, args: &[&str]) -> serde_json::Value {
+        let out = self.as_client(pod, args);
+        serde_json::from_str(&text(&out)).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+    }
+
+    /// A captured `curl` from `pod`, its JSON answer.
+    fn curl(&self, pod: &str, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["curl", "-s", "--max-time", "10"];
+        all.extend_from_slice(args);
+        self.client_json(pod, &all)
+    }
+
     fn metrics(&self, pod: &str) -> String {
         self.must(pod, &["curl", "-sf", "http://127.0.0.1:9901/metrics"])
     }
@@ -388,54 +401,40 @@ inbound:
 
     // 1. An unmodified client calls a Kubernetes name; its connection is captured,
     //    routed on the name, and crosses to payments over mTLS.
-    let out = w.as_client(
+    let reply = w.curl(
         "fe",
         &[
-            "curl",
-            "-s",
-            "--max-time",
-            "10",
             "--resolve",
             "payments.shop.svc.cluster.local:8080:10.200.0.3",
             "http://payments.shop.svc.cluster.local:8080/mesh-secret-path",
         ],
     );
-    let body = text(&out);
-    let reply: serde_json::Value =
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    assert_eq!(reply["app"], "payments", "{body}");
-    assert_eq!(reply["path"], "/mesh-secret-path", "{body}");
+    assert_eq!(reply["app"], "payments", "{reply}");
+    assert_eq!(reply["path"], "/mesh-secret-path", "{reply}");
     assert_eq!(
         reply["headers"]["x-octopus-peer-identity"], FRONTEND,
-        "{body}"
+        "{reply}"
     );
 
     // The payments pod's other HTTP port: the peer connected to 9090, and octopus
     // forwards there (not to forward_to's 8080), still with the verified identity.
-    let out = w.as_client(
+    let reply = w.curl(
         "fe",
         &[
-            "curl",
-            "-s",
-            "--max-time",
-            "10",
             "-H",
             "host: payments-metrics",
             "http://10.200.0.3:9090/metrics",
         ],
     );
-    let body = text(&out);
-    let reply: serde_json::Value =
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    assert_eq!(reply["app"], "payments-metrics", "{body}");
+    assert_eq!(reply["app"], "payments-metrics", "{reply}");
     assert_eq!(
         reply["headers"]["x-octopus-peer-identity"], FRONTEND,
-        "{body}"
+        "{reply}"
     );
 
     // 2. A server-speaks-first TCP protocol by IP: the greeting comes through both
     //    sidecars (detection would wait 30 s for the client; it does not).
-    let out = w.as_client(
+    let r = w.client_json(
         "fe",
         &[
             PYTHON,
@@ -446,28 +445,15 @@ inbound:
             "db-secret-line",
         ],
     );
-    let r: serde_json::Value =
-        serde_json::from_str(&text(&out)).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
     assert_eq!(r["greeting"], "220 db ready\r\n", "{r}");
     assert_eq!(r["reply"], "db:db-secret-line\n", "{r}");
     assert!(r["greeting_ms"].as_f64().unwrap() < 10_000.0);
 
     // 3. Unmatched traffic goes where it was going: HTTP and TCP to the sidecar-less
     //    pod, in plaintext.
-    let out = w.as_client(
-        "fe",
-        &[
-            "curl",
-            "-s",
-            "--max-time",
-            "10",
-            "http://10.200.0.5:8080/legacy-plain",
-        ],
-    );
-    let legacy: serde_json::Value =
-        serde_json::from_str(&text(&out)).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let legacy = w.curl("fe", &["http://10.200.0.5:8080/legacy-plain"]);
     assert_eq!(legacy["app"], "legacy");
-    let out = w.as_client(
+    let r = w.client_json(
         "fe",
         &[
             PYTHON,
@@ -478,7 +464,6 @@ inbound:
             "legacy-tcp-plain",
         ],
     );
-    let r: serde_json::Value = serde_json::from_str(&text(&out)).unwrap();
     assert_eq!(r["reply"], "legacy:legacy-tcp-plain\n", "{r}");
 
     // An allowed peer still cannot reach the other pod's octopus ports (here its
@@ -663,11 +648,9 @@ inbound:
             .status
             .success()
     });
-    let out = w.as_client(
+    let r = w.client_json(
         "fe",
         &[PYTHON, &apps, "client", "10.200.0.4", "5432", "after"],
     );
-    let r: serde_json::Value =
-        serde_json::from_str(&text(&out)).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
     assert_eq!(r["reply"], "db:after\n", "{r}");
 }

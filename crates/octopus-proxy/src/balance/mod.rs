@@ -72,6 +72,18 @@ impl MemberSet {
         &self.available
     }
 
+    /// The least-loaded available member not in `tried`: where a retry (or a TCP
+    /// connection's next dial) goes, so it lands on another endpoint when there is one.
+    pub fn least_loaded_untried(&self, tried: &[std::net::SocketAddr]) -> Option<Member> {
+        let fresh: Vec<Member> = self
+            .available
+            .iter()
+            .filter(|m| !tried.contains(&m.endpoint.addr()))
+            .cloned()
+            .collect();
+        LeastConnections.pick(&fresh).cloned()
+    }
+
     /// Same members, same availability: no need to publish a new set.
     fn same_as(&self, other: &[Member]) -> bool {
         let key = |m: &Member| (Arc::as_ptr(&m.endpoint), m.weight, m.can_take_traffic());
@@ -254,16 +266,10 @@ impl<M: MakeEndpoint> Service<Request<Body>> for Balancer<M> {
         let tried = attempted.as_ref().map(Attempted::tried).unwrap_or_default();
         let picked = match &attempted {
             Some(_) if !tried.is_empty() => {
-                let fresh: Vec<Member> = set
-                    .available()
-                    .iter()
-                    .filter(|m| !tried.contains(&m.endpoint.addr()))
-                    .cloned()
-                    .collect();
                 // A retry takes the least-loaded endpoint not tried yet; if every one
                 // was tried, any available endpoint will do.
-                match LeastConnections.pick(&fresh) {
-                    Some(m) => Some(m.clone()),
+                match set.least_loaded_untried(&tried) {
+                    Some(m) => Some(m),
                     None => self.picker.pick(&set).cloned(),
                 }
             }

@@ -8,7 +8,7 @@ mod health;
 
 pub use dns::{Resolve, SystemResolver};
 
-use crate::balance::{Balancer, LeastConnections, Member, Membership, Picker};
+use crate::balance::{Balancer, Member, Membership, Picker};
 use crate::circuit_breaker::Circuit;
 use crate::descriptors::Group;
 use crate::endpoint::{ConnectionSpec, Endpoint, EndpointStats, PoolCounters};
@@ -361,13 +361,7 @@ impl Cluster {
         if tried.is_empty() {
             return self.picker.pick(&set).map(|m| m.endpoint.clone());
         }
-        let fresh: Vec<Member> = set
-            .available()
-            .iter()
-            .filter(|m| !tried.contains(&m.endpoint.addr()))
-            .cloned()
-            .collect();
-        LeastConnections.pick(&fresh).map(|m| m.endpoint.clone())
+        set.least_loaded_untried(tried).map(|m| m.endpoint)
     }
 
     /// Feeds a dial's outcome to outlier detection: a refused or timed-out connect

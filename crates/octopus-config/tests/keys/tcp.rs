@@ -1,17 +1,8 @@
 //! `tcp_routes`, `opaque_ports`, `unmatched`, `detect_timeout` and `protocol: tcp`:
 //! what is accepted, and what is refused with the field's path.
-#![allow(clippy::unwrap_used)]
 
+use super::errors;
 use octopus_config::{load_str, Cidr, Protocol, Unmatched};
-
-fn errors(text: &str) -> Vec<String> {
-    load_str(text, "t.yaml")
-        .unwrap_err()
-        .errors
-        .iter()
-        .map(|e| e.to_string())
-        .collect()
-}
 
 const CLUSTERS: &str = "clusters:
   pg:

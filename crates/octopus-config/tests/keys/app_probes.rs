@@ -1,16 +1,7 @@
 //! `admin.app_probes`: defaults, and every refusal names the field path and line.
-#![allow(clippy::unwrap_used)]
 
+use super::errors;
 use octopus_config::{load_str, AppProbeConfig};
-
-fn errors(text: &str) -> Vec<String> {
-    load_str(text, "t.yaml")
-        .unwrap_err()
-        .errors
-        .iter()
-        .map(|e| e.to_string())
-        .collect()
-}
 
 fn probes(body: &str) -> String {
     format!("admin:\n  metrics_listen: 0.0.0.0:9902\n  app_probes:\n{body}")
