@@ -115,6 +115,7 @@ def hold(host, port, seconds, line):
     try:
         sock = socket.create_connection((host, int(port)), timeout=10)
         out["greeting"] = read_line(sock)
+        print("greeted", flush=True)
         time.sleep(float(seconds))
         sock.sendall(line.encode() + b"\n")
         out["reply"] = read_line(sock)

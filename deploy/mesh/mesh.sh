@@ -258,15 +258,17 @@ clusters:
 EOF
 }
 
-# Strict mTLS: only the frontend's identity gets in.
+# Strict mTLS: only the frontend's identity gets in. A third argument declares the
+# app's port opaque (raw TCP, not HTTP): only such ports take opaque connections.
 inbound_config() {
-    local pod=$1 app_port=$2 d=$MESH_DIR/pki
+    local pod=$1 app_port=$2 opaque=${3:-} d=$MESH_DIR/pki
     cat <<EOF
 # The $pod sidecar (octopus-mesh playground).
 namespace: shop
 inbound:
   listen: 0.0.0.0:15006
   forward_to: 127.0.0.1:$app_port
+  opaque_ports: [${opaque}]
   tls:
     cert: $d/$pod.crt
     key: $d/$pod.key
@@ -343,7 +345,7 @@ cmd_up() {
     frontend_config 90 10 >"$MESH_DIR/frontend.yaml"
     inbound_config payments-v1 8080 >"$MESH_DIR/payments-v1.yaml"
     inbound_config payments-v2 8080 >"$MESH_DIR/payments-v2.yaml"
-    inbound_config ledger 5432 >"$MESH_DIR/ledger.yaml"
+    inbound_config ledger 5432 5432 >"$MESH_DIR/ledger.yaml"
     for pod in "${PODS[@]}"; do
         "$OCTOPUS" validate --config "$MESH_DIR/$pod.yaml" >"$MESH_DIR/validate.log" 2>&1 ||
             die "$MESH_DIR/$pod.yaml is invalid: $(cat "$MESH_DIR/validate.log")"

@@ -33,6 +33,19 @@ pub struct Config {
     pub tracing: Option<TracingConfig>,
 }
 
+impl Config {
+    /// The ports of the listeners this config opens (admin, metrics, outbound,
+    /// inbound).
+    pub fn listen_ports(&self) -> Vec<u16> {
+        let mut ports = vec![self.admin.listen.port];
+        ports.extend(self.admin.metrics_listen.as_ref().map(|a| a.port));
+        ports.extend(self.outbound.as_ref().map(|o| o.listen.port));
+        ports.extend(self.inbound.as_ref().map(|i| i.listen.port));
+        ports.retain(|p| *p != 0);
+        ports
+    }
+}
+
 /// `tracing:`: a server span per request and a client span per upstream try.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

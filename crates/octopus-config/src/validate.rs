@@ -57,7 +57,7 @@ pub(crate) fn check(c: &Config, checks: Checks) -> Vec<ConfigError> {
             );
         }
         v.ports("inbound.opaque_ports", &inb.opaque_ports);
-        v.at_least_10ms("inbound.detect_timeout", inb.detect_timeout);
+        v.detect_timeout("inbound.detect_timeout", inb.detect_timeout);
         v.at_least_10ms("inbound.tcp_idle_timeout", inb.tcp_idle_timeout);
     }
     if let Some(inb) = &c.inbound {
@@ -85,6 +85,7 @@ pub(crate) fn check(c: &Config, checks: Checks) -> Vec<ConfigError> {
     }
     for (name, cluster) in &c.clusters {
         v.cluster(name, cluster);
+        v.not_octopus_itself(name, cluster, c);
     }
     if let Some(t) = &c.tracing {
         v.tracing(t);
@@ -423,7 +424,7 @@ impl Checker {
             self.at_least_10ms(&format!("{p}.idle_timeout"), r.idle_timeout);
         }
         self.ports("outbound.opaque_ports", &out.opaque_ports);
-        self.at_least_10ms("outbound.detect_timeout", out.detect_timeout);
+        self.detect_timeout("outbound.detect_timeout", out.detect_timeout);
     }
 
     /// A route's name is its `route` label: not one of octopus' own, a valid label,
@@ -450,6 +451,36 @@ impl Checker {
         }
     }
 
+    /// A cluster endpoint that is octopus' own outbound listener would loop traffic
+    /// back into octopus (with a TCP route's dial ahead, before any client byte).
+    /// Its own inbound listener is fine: one octopus as both sidecars of a test.
+    fn not_octopus_itself(&mut self, name: &str, cluster: &ClusterConfig, c: &Config) {
+        let own: Vec<(&str, std::net::SocketAddr)> =
+            [("outbound.listen", c.outbound.as_ref().map(|o| &o.listen))]
+                .into_iter()
+                .filter_map(|(k, a)| Some((k, a?.socket_addr()?)))
+                .filter(|(_, a)| a.port() != 0)
+                .collect();
+        for (i, e) in cluster.endpoints.iter().enumerate() {
+            let Some(ep) = e.address.socket_addr() else {
+                continue;
+            };
+            let loops = own.iter().find(|(_, l)| {
+                l.port() == ep.port()
+                    && (l.ip() == ep.ip() || (l.ip().is_unspecified() && ep.ip().is_loopback()))
+            });
+            if let Some((key, _)) = loops {
+                self.err(
+                    format!("clusters.{name}.endpoints[{i}]"),
+                    format!(
+                        "`{}` is octopus' own {key}: traffic would loop back into octopus",
+                        e.address
+                    ),
+                );
+            }
+        }
+    }
+
     fn ports(&mut self, p: &str, ports: &[u16]) {
         let mut seen = HashSet::new();
         for (i, port) in ports.iter().enumerate() {
@@ -459,6 +490,15 @@ impl Checker {
                 self.err(format!("{p}[{i}]"), format!("port {port} is listed twice"));
             }
         }
+    }
+
+    /// Detection holds a connection (and maybe a dial ahead) while it waits: at least
+    /// 10ms, at most a minute.
+    fn detect_timeout(&mut self, p: &str, d: crate::types::Duration) {
+        if d.get() > std::time::Duration::from_secs(60) {
+            self.err(p, "must be at most 1m");
+        }
+        self.at_least_10ms(p, d);
     }
 
     fn at_least_10ms(&mut self, p: &str, d: crate::types::Duration) {

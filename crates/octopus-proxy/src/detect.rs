@@ -38,8 +38,10 @@ impl Protocol {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Longest method token taken for HTTP/1 (`VERSION-CONTROL` is 15).
 const MAX_METHOD: usize = 20;
+/// Empty-line bytes (CR, LF) taken before a request line; more is not HTTP.
+const MAX_BLANK: usize = 8;
 /// Enough for every decision `classify` makes.
-pub const PEEK: usize = 32;
+pub const PEEK: usize = 40;
 
 /// What `bytes` (the start of a client's stream) are, or `None` while more bytes are
 /// needed to tell. HTTP/1 is a method token, a space, and a request target that HTTP
@@ -58,6 +60,19 @@ pub fn classify(bytes: &[u8]) -> Option<Protocol> {
     let n = bytes.len().min(H2_PREFACE.len());
     if bytes[..n] == H2_PREFACE[..n] {
         return (bytes.len() >= H2_PREFACE.len()).then_some(Protocol::Http2);
+    }
+    // RFC 9112 2.2: servers ignore empty lines before a request line, and many apps'
+    // parsers do, so they must not hide HTTP from octopus.
+    let blank = bytes
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    if blank > MAX_BLANK {
+        return Some(Protocol::Opaque);
+    }
+    let bytes = &bytes[blank..];
+    if bytes.is_empty() {
+        return None;
     }
     let Some(space) = bytes.iter().position(|&b| b == b' ') else {
         let token = bytes.len() <= MAX_METHOD && bytes.iter().all(|b| method_char(*b));
@@ -92,8 +107,10 @@ pub fn classify(bytes: &[u8]) -> Option<Protocol> {
     })
 }
 
+/// An RFC 9110 token character: methods are tokens, in any case (parsers such as Go's
+/// take `get` as a method).
 fn method_char(b: u8) -> bool {
-    b.is_ascii_uppercase() || b == b'-' || b == b'_'
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// The client's protocol, from bytes it has sent (not consumed); `None` when it closed
@@ -101,6 +118,7 @@ fn method_char(b: u8) -> bool {
 pub async fn client_protocol(stream: &TcpStream) -> Option<Protocol> {
     let mut buf = [0u8; PEEK];
     let mut seen = 0;
+    let mut pause = Duration::from_millis(1);
     loop {
         let n = stream.peek(&mut buf).await.ok()?;
         if n == 0 {
@@ -114,9 +132,12 @@ pub async fn client_protocol(stream: &TcpStream) -> Option<Protocol> {
         }
         if n == seen {
             // Part of a token arrived and peek returns it again at once: wait for the
-            // rest without spinning. Only a client that sends a few bytes at a time
-            // takes this path.
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            // rest without spinning, backing off (1 ms up to 64 ms) so a client that
+            // stops mid-token costs a few wake-ups, not a thousand a second.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(64));
+        } else {
+            pause = Duration::from_millis(1);
         }
         seen = n;
     }
@@ -205,8 +226,6 @@ pub enum Sniffed<U, E> {
     Client(Protocol, Pending<U, E>),
     /// The opaque destination spoke first: the connection, and what it said.
     Server(U, Vec<u8>),
-    /// The opaque destination closed before either side said anything.
-    ServerClosed,
     /// Neither side spoke within the timeout.
     Timeout(Pending<U, E>),
     /// The client closed (or failed) before saying anything.
@@ -247,7 +266,12 @@ where
                     None => Sniffed::ClientClosed,
                 };
             }
-            r = async { dialling.as_mut().expect("guarded").await }, if dialling.is_some() => {
+            r = async {
+                match dialling.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            }, if dialling.is_some() => {
                 dialling = None;
                 upstream = Some(r);
             }
@@ -257,10 +281,15 @@ where
                     _ => std::future::pending().await,
                 }
             }, if reading => {
-                return match (n, upstream) {
-                    (Ok(n), Some(Ok(u))) if n > 0 => Sniffed::Server(u, greeting[..n].to_vec()),
-                    _ => Sniffed::ServerClosed,
-                };
+                match (n, upstream.take()) {
+                    (Ok(n), Some(Ok(u))) if n > 0 => {
+                        return Sniffed::Server(u, greeting[..n].to_vec());
+                    }
+                    // The destination closed (or failed) the connection dialled ahead:
+                    // that says nothing about the client, which may still speak HTTP.
+                    // Keep waiting for it; an opaque client gets a fresh dial.
+                    _ => {}
+                }
             }
             _ = &mut deadline => return Sniffed::Timeout(pending(upstream, dialling)),
         }
@@ -290,7 +319,11 @@ mod tests {
             (b"\x00\x00\x00\x08\x04\xd2\x16\x2f", Some(Opaque)),
             (b"PING\r\n", Some(Opaque)),
             (b"\x16\x01", Some(Opaque)),
-            (b"get / HTTP/1.1", Some(Opaque)),
+            // Empty lines before the request line, and methods in any case, are HTTP
+            // to lenient parsers, so they are HTTP here.
+            (b"\r\nGET / HTTP/1.1", Some(Http1)),
+            (b"get / HTTP/1.1", Some(Http1)),
+            (b"\r\n\r\n\r\n\r\n\r\nGET /", Some(Opaque)),
             (b"GET httpx", Some(Opaque)),
         ] {
             assert_eq!(

@@ -497,12 +497,12 @@ fn connection_endpoint<B>(
                 Direction::Outbound => (
                     crate::tcp::PASSTHROUGH,
                     &shared.descriptors.outbound,
-                    PASSTHROUGH_CONNECT_TIMEOUT,
+                    crate::tcp::PASSTHROUGH_CONNECT_TIMEOUT,
                 ),
                 Direction::Inbound => (
                     crate::error::LOCAL_APP,
                     &shared.descriptors.inbound,
-                    LOCAL_APP_CONNECT_TIMEOUT,
+                    crate::tcp::LOCAL_APP_CONNECT_TIMEOUT,
                 ),
             };
             Endpoint::new(
@@ -517,11 +517,6 @@ fn connection_endpoint<B>(
         })
         .clone()
 }
-
-/// A passthrough destination is wherever the app was going, maybe far away.
-const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The app is on this host.
-const LOCAL_APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn cluster_of(resp: &Response<Body>) -> Option<std::sync::Arc<str>> {
     resp.body().served_by().cloned()

@@ -367,6 +367,7 @@ where
         tls: Option<Arc<octopus_tls::ServerTls>>,
         dst: Option<SocketAddr>,
     ) -> Result<(), BoxError> {
+        use crate::detect::{Protocol, Sniffed, Speaker};
         let permissive = tls
             .as_ref()
             .is_none_or(|t| t.spec().mode == octopus_config::TlsMode::Permissive);
@@ -374,19 +375,16 @@ where
             // Strict mTLS: every connection is a TLS handshake first.
             return self.mtls(stream, tls.clone(), plan).await;
         }
-        if plan.opaque_only {
-            if tls.is_some() {
-                self.transports[1].inc();
-            }
+        if plan.opaque_only && tls.is_none() {
+            // A declared opaque port: no detection, the bytes go as they come.
             return self.opaque(stream, plan, None, Vec::new(), None).await;
         }
-        let passthrough = plan.http_to;
+        // From here: a plaintext listener's connection, or a permissive mTLS
+        // listener's (where a TLS record first means a peer sidecar).
+        let detect = plan.detect || plan.opaque_only;
         let start = Instant::now();
-        // Without detection (a plain client of a permissive listener that was not
-        // captured) a silent client is handed to the TLS side, as before detection.
-        use crate::detect::{Protocol, Sniffed, Speaker};
         let known = dst.and_then(|d| self.speakers.get(d));
-        let (dial, wait) = if plan.detect {
+        let (dial, wait) = if detect {
             // Dial ahead unless this destination's clients are known to speak first.
             let dial = plan
                 .opaque
@@ -397,60 +395,78 @@ where
                 });
             (dial, plan.detect_timeout)
         } else {
+            // Not captured (a plain client of a permissive listener): a silent client
+            // is handed to the TLS side, as before detection existed.
             (None, self.first_byte_wait)
         };
         let sniffed = crate::detect::sniff(&stream, dial, wait).await;
-        let detected = |p: &str| {
-            self.metrics
-                .protocol_detect_seconds
-                .with_label_values(&[self.name, p])
-                .observe(start.elapsed().as_secs_f64());
-        };
         let seen = match &sniffed {
             Sniffed::Client(..) => Some(Speaker::Client),
             Sniffed::Server(..) | Sniffed::Timeout(_) => Some(Speaker::Server),
-            Sniffed::ServerClosed | Sniffed::ClientClosed => None,
+            Sniffed::ClientClosed => None,
         };
-        if let (Some(d), Some(who), true) = (dst, seen, plan.detect) {
+        if let (Some(d), Some(who), true) = (dst, seen, detect) {
             if known != Some(who) {
                 self.speakers.set(d, who);
             }
         }
-        match sniffed {
-            Sniffed::Client(p @ (Protocol::Http1 | Protocol::Http2), _) => {
-                detected(p.name());
-                if tls.is_some() {
-                    self.transports[1].inc();
-                }
-                self.plain_http(stream, passthrough).await
+        let detected = |p: &str| {
+            if detect {
+                self.metrics
+                    .protocol_detect_seconds
+                    .with_label_values(&[self.name, p])
+                    .observe(start.elapsed().as_secs_f64());
             }
+        };
+        let plaintext = tls.is_some();
+        match sniffed {
             Sniffed::Client(Protocol::Tls, _) if tls.is_some() => {
                 detected("tls");
-                let tls = tls.expect("checked");
-                self.mtls(stream, tls, plan).await
+                match tls {
+                    Some(tls) => self.mtls(stream, tls, plan).await,
+                    None => Ok(()),
+                }
+            }
+            Sniffed::Client(p, pending) if plan.opaque_only => {
+                detected(p.name());
+                self.count_plaintext(plaintext);
+                let dialled = pending.finish().await;
+                self.opaque(stream, plan, dialled, Vec::new(), None).await
+            }
+            Sniffed::Client(p @ (Protocol::Http1 | Protocol::Http2), _) => {
+                detected(p.name());
+                self.count_plaintext(plaintext);
+                let to = plan.http_to;
+                self.plain_http(stream, to).await
             }
             Sniffed::Client(p, pending) => {
                 detected(p.name());
+                self.count_plaintext(plaintext);
                 if !plan.detect {
                     // Not captured and not HTTP: hyper answers it 400, as before.
                     return self.plain_http(stream, None).await;
-                }
-                if tls.is_some() {
-                    self.transports[1].inc();
                 }
                 let dialled = pending.finish().await;
                 self.opaque(stream, plan, dialled, Vec::new(), None).await
             }
             Sniffed::Server(up, greeting) => {
-                detected("opaque");
-                if tls.is_some() {
-                    self.transports[1].inc();
+                // On a permissive listener a peer sidecar's ClientHello may arrive just
+                // after a local app's greeting: give it a moment before taking the
+                // connection for a plaintext one.
+                if let Some(tls) = tls {
+                    if tls_follows(&stream, PERMISSIVE_TLS_GRACE).await {
+                        drop(up);
+                        detected("tls");
+                        return self.mtls(stream, tls, plan).await;
+                    }
                 }
+                detected("opaque");
+                self.count_plaintext(plaintext);
                 self.opaque(stream, plan, Some(Ok(up)), greeting, None)
                     .await
             }
             Sniffed::Timeout(pending) => {
-                if !plan.detect {
+                if !detect {
                     return match tls {
                         Some(tls) => self.mtls(stream, tls, plan).await,
                         None => self.plain_http(stream, None).await,
@@ -461,10 +477,19 @@ where
                     .protocol_detect_timeouts_total
                     .with_label_values(&[self.name])
                     .inc();
+                self.count_plaintext(plaintext);
                 let dialled = pending.finish().await;
                 self.opaque(stream, plan, dialled, Vec::new(), None).await
             }
-            Sniffed::ServerClosed | Sniffed::ClientClosed => Ok(()),
+            Sniffed::ClientClosed => Ok(()),
+        }
+    }
+
+    /// `octopus_inbound_connections_total{transport="plaintext"}`, on listeners with
+    /// TLS (permissive).
+    fn count_plaintext(&self, on_tls_listener: bool) {
+        if on_tls_listener {
+            self.transports[1].inc();
         }
     }
 
@@ -482,37 +507,21 @@ where
     where
         C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let mut line = plan.log.as_ref().map(|_| crate::access_log::TcpRecord {
-            start: std::time::SystemTime::now() - self.accepted.elapsed(),
-            direction: self.name,
-            route: crate::error::NONE_LABEL.into(),
-            cluster: None,
-            endpoint: None,
-            client: self.peer,
-            destination: self.destination,
-            result: "refused",
-            error: None,
-            duration: Duration::ZERO,
-            bytes_in: 0,
-            bytes_out: 0,
-            peer_identity: identity,
-        });
+        let Some(dest) = plan.opaque.clone() else {
+            let why = if self.name == "inbound" {
+                "the port is not one of inbound.opaque_ports (or is octopus' own)"
+            } else {
+                "no route takes this connection"
+            };
+            self.refuse(&plan, why, identity);
+            return Ok(());
+        };
+        let mut line = self.tcp_line(&plan, identity);
         let finish = |line: Option<crate::access_log::TcpRecord>| {
             if let (Some(log), Some(mut rec)) = (&plan.log, line) {
                 rec.duration = self.accepted.elapsed();
                 log.write_tcp(rec);
             }
-        };
-        let Some(dest) = plan.opaque.clone() else {
-            if let Some(m) = &plan.refused {
-                m.refuse();
-            }
-            if let Some(rec) = line.as_mut() {
-                rec.error = Some("no route takes this connection".into());
-            }
-            finish(line);
-            tracing::debug!(peer = %self.peer, listener = self.name, "opaque connection with no route; closed");
-            return Ok(());
         };
         if let Some(rec) = line.as_mut() {
             rec.route = dest.route();
@@ -542,7 +551,9 @@ where
                     m.connect_failed.inc();
                     "connect_failed"
                 };
-                tracing::info!(peer = %self.peer, listener = self.name, error = %e, "TCP connection not carried");
+                // Counted and in the access log; per-connection lines at info would
+                // let a peer flood the log by dialling closed ports.
+                tracing::debug!(peer = %self.peer, listener = self.name, error = %e, "TCP connection not carried");
                 if let Some(rec) = line.as_mut() {
                     rec.result = result;
                     rec.error = Some(e.to_string());
@@ -551,6 +562,44 @@ where
         }
         finish(line);
         Ok(())
+    }
+
+    /// The access-log line of an opaque connection, when it is sampled: a refusal
+    /// until it is carried.
+    fn tcp_line(
+        &self,
+        plan: &Plan,
+        identity: Option<Arc<str>>,
+    ) -> Option<crate::access_log::TcpRecord> {
+        plan.log.as_ref().map(|_| crate::access_log::TcpRecord {
+            start: std::time::SystemTime::now() - self.accepted.elapsed(),
+            direction: self.name,
+            route: crate::error::NONE_LABEL.into(),
+            cluster: None,
+            endpoint: None,
+            client: self.peer,
+            destination: self.destination,
+            result: "refused",
+            error: None,
+            duration: Duration::ZERO,
+            bytes_in: 0,
+            bytes_out: 0,
+            peer_identity: identity,
+        })
+    }
+
+    /// Closes an opaque connection nothing may take: counted, logged at debug (a peer
+    /// could otherwise flood the log), and in the access log.
+    fn refuse(&self, plan: &Plan, why: &str, identity: Option<Arc<str>>) {
+        if let Some(m) = &plan.refused {
+            m.refuse();
+        }
+        if let (Some(log), Some(mut rec)) = (&plan.log, self.tcp_line(plan, identity)) {
+            rec.error = Some(why.to_string());
+            rec.duration = self.accepted.elapsed();
+            log.write_tcp(rec);
+        }
+        tracing::debug!(peer = %self.peer, listener = self.name, why, "opaque connection closed");
     }
 
     /// The mTLS handshake, then HTTP, or opaque TCP when the peer sidecar asked for it
@@ -566,14 +615,12 @@ where
         };
         self.transports[0].inc();
         if acc.opaque {
+            let identity = acc.identity.map(Arc::<str>::from);
             if !acc.allowed {
-                if let Some(m) = plan.opaque.as_ref().map(|d| d.metrics()) {
-                    m.refuse();
-                }
-                tracing::warn!(peer = %self.peer, identity = acc.identity.as_deref().unwrap_or("<none>"), "opaque mTLS connection from an identity not allowed; closed");
+                // The handshake already logged the identity at warn.
+                self.refuse(&plan, "the peer's identity is not allowed", identity);
                 return Ok(());
             }
-            let identity = acc.identity.map(Arc::<str>::from);
             return self
                 .opaque(acc.stream, plan, None, Vec::new(), identity)
                 .await;
@@ -589,6 +636,20 @@ where
         };
         self.http(acc.stream, info).await
     }
+}
+
+/// How long a permissive listener waits, after a local app spoke first, for a peer
+/// sidecar's ClientHello (sent the moment its connect completed) before it takes the
+/// connection for a plaintext client's.
+const PERMISSIVE_TLS_GRACE: Duration = Duration::from_millis(50);
+
+/// Whether a TLS handshake record (0x16) arrives within `grace`, without consuming it.
+async fn tls_follows(stream: &tokio::net::TcpStream, grace: Duration) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(grace, stream.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == 0x16
+    )
 }
 
 /// Serves one connection until it ends: on `stop`, or after `idle` with no request

@@ -240,8 +240,8 @@ impl listener::Settings for FromSnapshot {
                 let Some(inb) = snap.inbound.as_ref() else {
                     return listener::Plan::http();
                 };
-                // Opaque TCP goes to the app port the peer connected to (captured), or
-                // to forward_to's port (a connection made to the listener itself).
+                // A connection goes to the app port the peer connected to (captured),
+                // or to forward_to's port (a connection made to the listener itself).
                 let port = if captured {
                     dst.port()
                 } else {
@@ -251,17 +251,23 @@ impl listener::Settings for FromSnapshot {
                 // Octopus' own ports are never a destination: a peer must not reach the
                 // loopback-only admin port (or loop into a listener) by connecting to
                 // the pod's 9901.
-                let own = captured && own_ports(&snap.config).contains(&port);
+                let own = captured && inb.own_ports.contains(&port);
+                // Raw bytes reach the app only on ports its config declares opaque:
+                // elsewhere octopus frames what the app gets (HTTP, with its trust
+                // rules), so a peer cannot dress a request up as "not HTTP" to carry a
+                // forged x-octopus-peer-identity past them.
+                let declared = !own && inb.opaque_ports.contains(&port);
                 listener::Plan {
-                    opaque: (!own).then(|| {
+                    opaque: declared.then(|| {
                         crate::tcp::Destination::local_app(
                             app,
                             inb.tcp_idle_timeout,
                             inb.tcp.clone(),
                             fds,
+                            inb.cluster.limits(),
                         )
                     }),
-                    opaque_only: captured && inb.opaque_ports.contains(&dst.port()),
+                    opaque_only: declared,
                     detect: captured,
                     detect_timeout: inb.detect_timeout,
                     refused: Some(inb.tcp.clone()),
@@ -287,14 +293,6 @@ impl listener::Settings for FromSnapshot {
             _ => None,
         }
     }
-}
-
-/// The ports octopus listens on.
-fn own_ports(c: &Config) -> Vec<u16> {
-    Kind::ALL
-        .iter()
-        .filter_map(|k| k.address(c).map(|a| a.port))
-        .collect()
 }
 
 impl Proxy {

@@ -80,6 +80,9 @@ pub struct Inbound {
     pub detect_timeout: Duration,
     pub tcp_idle_timeout: Duration,
     pub tcp: crate::tcp::TcpMetrics,
+    /// The ports octopus listens on (admin, metrics, outbound, inbound): never a
+    /// destination of a captured peer connection.
+    pub own_ports: Vec<u16>,
 }
 
 pub struct Snapshot {
@@ -125,7 +128,9 @@ impl Snapshot {
             None => None,
         };
         let inbound = match &config.inbound {
-            Some(inb) => Some(compile_inbound(inb, previous, outbound.as_ref(), ctx).await?),
+            Some(inb) => {
+                Some(compile_inbound(inb, &config, previous, outbound.as_ref(), ctx).await?)
+            }
             None => None,
         };
         let tracer = config
@@ -308,6 +313,7 @@ fn compile_route(
 /// terminator (kept while its spec is unchanged, so its rotation watch keeps running).
 async fn compile_inbound(
     inb: &InboundConfig,
+    config: &Config,
     previous: Option<&Snapshot>,
     outbound: Option<&Outbound>,
     ctx: &BuildContext,
@@ -355,5 +361,6 @@ async fn compile_inbound(
         detect_timeout: inb.detect_timeout.get(),
         tcp_idle_timeout: inb.tcp_idle_timeout.get(),
         tcp: crate::tcp::TcpMetrics::new(&ctx.metrics, INBOUND_ROUTE),
+        own_ports: config.listen_ports(),
     })
 }

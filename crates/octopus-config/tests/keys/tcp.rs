@@ -149,3 +149,38 @@ clusters:
     let e = errors("outbound:\n  listen: 127.0.0.1:1\n  unmatched: drop\n");
     assert!(e[0].contains("outbound.unmatched"), "{e:?}");
 }
+
+#[test]
+fn detection_is_bounded_and_octopus_is_no_endpoint_of_its_own() {
+    let e = errors(
+        "outbound:
+  listen: 127.0.0.1:15001
+  detect_timeout: 2m
+  tcp_routes:
+    - { name: db, cluster: db }
+inbound:
+  listen: 127.0.0.1:15006
+  forward_to: 127.0.0.1:8080
+  detect_timeout: 5ms
+clusters:
+  db:
+    protocol: tcp
+    endpoints: [127.0.0.1:15001, 127.0.0.1:15006]
+",
+    );
+    let all = e.join("\n");
+    assert!(
+        all.contains("outbound.detect_timeout: must be at most 1m"),
+        "{all}"
+    );
+    assert!(
+        all.contains("inbound.detect_timeout: must be at least 10ms"),
+        "{all}"
+    );
+    assert!(
+        all.contains("clusters.db.endpoints[0]") && all.contains("loop back into octopus"),
+        "{all}"
+    );
+    // Its own inbound listener is a fine endpoint: one octopus as both sidecars.
+    assert!(!all.contains("clusters.db.endpoints[1]"), "{all}");
+}

@@ -375,6 +375,12 @@ impl Cluster {
         }
     }
 
+    /// The cluster's connection and request limits (`circuit_breaker`), shared by
+    /// every connection to it.
+    pub fn limits(&self) -> Option<Arc<Circuit>> {
+        self.limits.clone()
+    }
+
     pub fn service(&self) -> BoxService {
         self.service.clone()
     }

@@ -203,10 +203,14 @@ impl Endpoint {
     /// connection owns it for its whole life. Counted as in flight until `Held` drops,
     /// so least-connections balances TCP connections too.
     pub(crate) async fn dial(self: &Arc<Self>) -> Result<(Conn, Held), ConnectError> {
-        self.requests.fetch_add(1, Ordering::Relaxed);
         let conn = self.pool.connector().connect().await?;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok((conn, Held::new(self.clone())))
+    }
+
+    /// Counts an opaque connection carried through this endpoint, for `/clusters`.
+    pub(crate) fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an upstream failure (see [`upstream_verdict`]) for `/clusters`.

@@ -41,11 +41,13 @@ where
     };
     let clock = Arc::new(Clock::new());
     let mut client = Touch::new(Counted::new(client, Some(counters)), clock.clone());
+    let mut upstream = upstream;
+    upstream.carried();
     let mut upstream = Touch::new(upstream, clock.clone());
     if !greeting.is_empty() {
         if let Err(e) = client.write_all(greeting).await {
             tracing::debug!(error = %e, "client left before the server's greeting");
-            return (0, 0);
+            return (client.read, client.written);
         }
     }
     let idle = dest.idle_timeout();
@@ -59,7 +61,7 @@ where
             tracing::debug!(?idle, "TCP connection idle; closed");
         }
     }
-    (client.read, upstream.read + greeting.len() as u64)
+    (client.read, client.written)
 }
 
 /// Lowers the open-connections gauge however the connection ends.
@@ -102,11 +104,13 @@ impl Clock {
     }
 }
 
-/// Marks activity on every read that brings bytes, and counts them.
+/// Marks activity on every read that brings bytes, and counts what is read and
+/// written (for the access log: what the client actually sent and got).
 struct Touch<T> {
     inner: T,
     clock: Arc<Clock>,
     read: u64,
+    written: u64,
 }
 
 impl<T> Touch<T> {
@@ -115,6 +119,7 @@ impl<T> Touch<T> {
             inner,
             clock,
             read: 0,
+            written: 0,
         }
     }
 }
@@ -143,7 +148,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Touch<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            this.written += *n as u64;
+        }
+        polled
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)

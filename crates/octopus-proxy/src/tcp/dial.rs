@@ -47,12 +47,18 @@ pub enum TcpError {
     DirectTimeout { addr: SocketAddr, timeout: Duration },
     #[error("the {0} side's file-descriptor budget is spent")]
     Descriptors(&'static str),
+    /// The local app's `inbound.circuit_breaker.max_connections` is reached.
+    #[error("connection limit of the local app reached")]
+    MaxConnections,
 }
 
 impl TcpError {
     /// Octopus declined (its own limits) rather than the destination failing.
     pub fn is_limit(&self) -> bool {
-        matches!(self, TcpError::Limit { .. } | TcpError::Descriptors(_))
+        matches!(
+            self,
+            TcpError::Limit { .. } | TcpError::Descriptors(_) | TcpError::MaxConnections
+        )
     }
 }
 
@@ -65,8 +71,12 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 pub struct Upstream {
     io: Box<dyn Io>,
     pub endpoint: Option<SocketAddr>,
+    /// The route's cluster and endpoint, told when the connection is carried: one
+    /// dialled ahead and dropped (the client spoke HTTP) counts for nothing.
+    picked: Option<(Arc<super::TcpRoute>, Arc<Endpoint>)>,
     _held: Option<Held>,
     _fd: Option<crate::descriptors::Slot>,
+    _slot: Option<crate::circuit_breaker::ConnectionSlot>,
 }
 
 impl Destination {
@@ -86,8 +96,8 @@ impl Destination {
                     }
                     tried.push(ep.addr());
                     match dial_endpoint(&ep).await {
-                        Ok(up) => {
-                            cluster.record_dial(&ep, true);
+                        Ok(mut up) => {
+                            up.picked = Some((route.clone(), ep));
                             return Ok(up);
                         }
                         Err(e) if e.is_dial_failure() => {
@@ -117,10 +127,15 @@ impl Destination {
                 addr,
                 connect_timeout,
                 descriptors,
+                limits,
                 ..
             } => {
                 let fd = match &descriptors {
                     Some(g) => Some(g.acquire().ok_or(TcpError::Descriptors(g.name()))?),
+                    None => None,
+                };
+                let slot = match &limits {
+                    Some(l) => Some(l.open_connection().ok_or(TcpError::MaxConnections)?),
                     None => None,
                 };
                 let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
@@ -134,8 +149,10 @@ impl Destination {
                 Ok(Upstream {
                     io: Box::new(stream),
                     endpoint: Some(addr),
+                    picked: None,
                     _held: None,
                     _fd: fd,
+                    _slot: slot,
                 })
             }
         }
@@ -147,9 +164,22 @@ async fn dial_endpoint(ep: &Arc<Endpoint>) -> Result<Upstream, ConnectError> {
     Ok(Upstream {
         io: Box::new(TokioIo::new(conn)),
         endpoint: Some(ep.addr()),
+        picked: None,
         _held: Some(held),
         _fd: None,
+        _slot: None,
     })
+}
+
+impl Upstream {
+    /// The connection is carried: it counts for its endpoint (`/clusters`) and, as a
+    /// dial that worked, for outlier detection.
+    pub(crate) fn carried(&mut self) {
+        if let Some((route, ep)) = self.picked.take() {
+            ep.count_request();
+            route.cluster.record_dial(&ep, true);
+        }
+    }
 }
 
 impl AsyncRead for Upstream {

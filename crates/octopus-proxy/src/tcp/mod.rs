@@ -94,9 +94,9 @@ pub struct TcpTable {
 
 /// How long a passthrough connection may take to connect: its destination is
 /// anywhere the app was going, maybe far away.
-const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The local app is on this host.
-const LOCAL_APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const LOCAL_APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Passthrough connections have no route to say otherwise.
 const PASSTHROUGH_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -170,6 +170,7 @@ impl TcpTable {
             idle_timeout: PASSTHROUGH_IDLE_TIMEOUT,
             metrics: self.passthrough.clone(),
             descriptors,
+            limits: None,
         })
     }
 
@@ -194,6 +195,8 @@ pub enum Destination {
         idle_timeout: Duration,
         metrics: TcpMetrics,
         descriptors: Option<Arc<Group>>,
+        /// The local app's connection limit (`inbound.circuit_breaker`).
+        limits: Option<Arc<crate::circuit_breaker::Circuit>>,
     },
 }
 
@@ -204,6 +207,7 @@ impl Destination {
         idle_timeout: Duration,
         metrics: TcpMetrics,
         descriptors: Option<Arc<Group>>,
+        limits: Option<Arc<crate::circuit_breaker::Circuit>>,
     ) -> Self {
         Destination::Direct {
             addr,
@@ -212,6 +216,7 @@ impl Destination {
             idle_timeout,
             metrics,
             descriptors,
+            limits,
         }
     }
 
