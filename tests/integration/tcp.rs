@@ -545,3 +545,84 @@ clusters:
         );
     }
 }
+
+#[tokio::test]
+async fn a_permissive_opaque_port_takes_plain_clients_and_peer_sidecars() {
+    let dir = pki::dir("tcp-permissive");
+    let ca = Ca::new("mesh ca");
+    let ca_path = ca.write(&dir, "ca.crt");
+    let server = ca.issue(&dir, "db", &[DB], false);
+    let frontend = ca.issue(&dir, "frontend", &[FRONTEND], false);
+    // A database that greets first, behind a sidecar moving to mTLS.
+    let db = line_server("db", Some("220 db ready\r\n")).await;
+    let inbound = start(&format!(
+        "inbound:
+  listen: 127.0.0.1:0
+  forward_to: {db}
+  opaque_ports: [{}]
+  tls:
+    mode: permissive
+    cert: {}
+    key: {}
+    client_ca: {}
+",
+        db.port(),
+        server.cert.display(),
+        server.key.display(),
+        ca_path.display()
+    ))
+    .await;
+    // A plain client that waits for the greeting gets it (after the grace in which a
+    // peer sidecar's ClientHello would have arrived), then its echo.
+    let mut plain = TcpStream::connect(inbound.inbound_addr().unwrap())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), plain.read(&mut buf))
+        .await
+        .expect("the greeting")
+        .unwrap();
+    assert_eq!(&buf[..n], b"220 db ready\r\n");
+    assert_eq!(round_trip(&mut plain, "plain\n").await, "db:plain\n");
+    // A peer sidecar on the same port speaks mTLS (its ClientHello comes first).
+    let outbound = start(&format!(
+        "outbound:
+  listen: 127.0.0.1:0
+  tcp_routes:
+    - {{ name: db, cluster: db }}
+clusters:
+  db:
+    protocol: tcp
+    endpoints: [{}]
+    tls: {{ cert: {}, key: {}, ca: {}, server_identity: \"{DB}\" }}
+",
+        inbound.inbound_addr().unwrap(),
+        frontend.cert.display(),
+        frontend.key.display(),
+        ca_path.display()
+    ))
+    .await;
+    let mut meshed = TcpStream::connect(outbound.outbound_addr().unwrap())
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), meshed.read(&mut buf))
+        .await
+        .expect("the greeting through both sidecars")
+        .unwrap();
+    assert_eq!(&buf[..n], b"220 db ready\r\n");
+    assert_eq!(round_trip(&mut meshed, "meshed\n").await, "db:meshed\n");
+    let m = admin(&inbound, "/metrics").await.text();
+    assert_eq!(
+        metric(&m, r#"octopus_inbound_connections_total{transport="mtls"}"#),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"octopus_inbound_connections_total{transport="plaintext"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+}

@@ -401,6 +401,8 @@ where
         };
         let sniffed = crate::detect::sniff(&stream, dial, wait).await;
         let seen = match &sniffed {
+            // A peer sidecar's ClientHello says nothing about the app's own clients.
+            Sniffed::Client(Protocol::Tls, _) if tls.is_some() => None,
             Sniffed::Client(..) => Some(Speaker::Client),
             Sniffed::Server(..) | Sniffed::Timeout(_) => Some(Speaker::Server),
             Sniffed::ClientClosed => None,
@@ -626,13 +628,11 @@ where
                 .await;
         }
         let info = ConnInfo {
-            peer: self.peer,
-            forwarded_for: crate::headers::ForwardedFor::new(self.peer.ip()),
             identity: acc.identity.map(Arc::<str>::from),
             allowed: acc.allowed,
             tls: true,
             passthrough: plan.http_to,
-            passthrough_endpoint: std::sync::OnceLock::new(),
+            ..ConnInfo::plain(self.peer)
         };
         self.http(acc.stream, info).await
     }

@@ -5,16 +5,14 @@
 //! address (passthrough, or the local app's port).
 
 use super::Destination;
-use crate::endpoint::{Conn, ConnectError, Endpoint};
+use crate::endpoint::{Conn, ConnectError, Connector, Endpoint};
 use crate::held::Held;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 /// Different endpoints a connection tries before it gives up.
 const MAX_DIALS: usize = 3;
@@ -37,28 +35,23 @@ pub enum TcpError {
         #[source]
         source: ConnectError,
     },
-    #[error("connect to {addr}: {source}")]
+    #[error("{source}")]
     Direct {
         addr: SocketAddr,
         #[source]
-        source: std::io::Error,
+        source: ConnectError,
     },
-    #[error("connect to {addr} timed out after {timeout:?}")]
-    DirectTimeout { addr: SocketAddr, timeout: Duration },
-    #[error("the {0} side's file-descriptor budget is spent")]
-    Descriptors(&'static str),
-    /// The local app's `inbound.circuit_breaker.max_connections` is reached.
-    #[error("connection limit of the local app reached")]
-    MaxConnections,
 }
 
 impl TcpError {
-    /// Octopus declined (its own limits) rather than the destination failing.
+    /// Octopus declined (its own limits: connections, descriptors) rather than the
+    /// destination failing.
     pub fn is_limit(&self) -> bool {
-        matches!(
-            self,
-            TcpError::Limit { .. } | TcpError::Descriptors(_) | TcpError::MaxConnections
-        )
+        match self {
+            TcpError::Limit { .. } => true,
+            TcpError::Direct { source, .. } => !source.is_dial_failure(),
+            TcpError::NoEndpoint { .. } | TcpError::Dial { .. } => false,
+        }
     }
 }
 
@@ -66,8 +59,8 @@ trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// The upstream side of an opaque connection, plain or TLS. Holds what it counts
-/// against while open: the endpoint's in-flight count, the cluster's connection slot,
-/// a descriptor of its side's share.
+/// against while open: the endpoint's in-flight count, and (in the connection) the
+/// cluster's connection slot and a descriptor of its side's share.
 pub struct Upstream {
     io: Box<dyn Io>,
     pub endpoint: Option<SocketAddr>,
@@ -75,8 +68,6 @@ pub struct Upstream {
     /// dialled ahead and dropped (the client spoke HTTP) counts for nothing.
     picked: Option<(Arc<super::TcpRoute>, Arc<Endpoint>)>,
     _held: Option<Held>,
-    _fd: Option<crate::descriptors::Slot>,
-    _slot: Option<crate::circuit_breaker::ConnectionSlot>,
 }
 
 impl Destination {
@@ -130,29 +121,17 @@ impl Destination {
                 limits,
                 ..
             } => {
-                let fd = match &descriptors {
-                    Some(g) => Some(g.acquire().ok_or(TcpError::Descriptors(g.name()))?),
-                    None => None,
-                };
-                let slot = match &limits {
-                    Some(l) => Some(l.open_connection().ok_or(TcpError::MaxConnections)?),
-                    None => None,
-                };
-                let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+                // The same connector as an endpoint's: descriptor share, connection
+                // limit, connect timeout.
+                let conn = Connector::new(addr, connect_timeout, limits, None, descriptors, None)
+                    .connect()
                     .await
-                    .map_err(|_| TcpError::DirectTimeout {
-                        addr,
-                        timeout: connect_timeout,
-                    })?
                     .map_err(|source| TcpError::Direct { addr, source })?;
-                let _ = stream.set_nodelay(true);
                 Ok(Upstream {
-                    io: Box::new(stream),
+                    io: Box::new(TokioIo::new(conn)),
                     endpoint: Some(addr),
                     picked: None,
                     _held: None,
-                    _fd: fd,
-                    _slot: slot,
                 })
             }
         }
@@ -166,8 +145,6 @@ async fn dial_endpoint(ep: &Arc<Endpoint>) -> Result<Upstream, ConnectError> {
         endpoint: Some(ep.addr()),
         picked: None,
         _held: Some(held),
-        _fd: None,
-        _slot: None,
     })
 }
 
