@@ -7,9 +7,12 @@ use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsFd;
 
 /// Where the client meant to go, when that is not the listener itself: `None` for a
-/// connection made straight to the listener (no REDIRECT applied) or when the kernel
-/// keeps no record (conntrack not loaded).
-pub fn original_dst<S: AsFd>(socket: &S, local: SocketAddr) -> Option<SocketAddr> {
+/// connection made straight to the listener (no REDIRECT applied: conntrack records
+/// the listener's own port) or when the kernel keeps no record (conntrack not
+/// loaded). Judged by the port alone, so the accept path needs no getsockname: a
+/// connection redirected from the listener's own port number elsewhere is served as
+/// a direct one, which is what it would get without capture.
+pub fn original_dst<S: AsFd>(socket: &S, listener: SocketAddr) -> Option<SocketAddr> {
     use nix::sys::socket::{getsockopt, sockopt, SockaddrIn, SockaddrIn6};
     let v4 = || {
         getsockopt(socket, sockopt::OriginalDst)
@@ -21,13 +24,14 @@ pub fn original_dst<S: AsFd>(socket: &S, local: SocketAddr) -> Option<SocketAddr
             .ok()
             .map(|a| SocketAddr::V6(SocketAddrV6::from(SockaddrIn6::from(a))))
     };
-    // An IPv4 client of a dual-stack socket has its record on the IPv4 side.
-    let dst = match canonical(local) {
-        SocketAddr::V4(_) => v4().or_else(v6),
-        SocketAddr::V6(_) => v6().or_else(v4),
-    }?;
+    // One syscall on an IPv4 listener; an IPv6 (dual-stack) listener's IPv4 clients
+    // have their record on the IPv4 side.
+    let dst = match listener {
+        SocketAddr::V4(_) => v4()?,
+        SocketAddr::V6(_) => v6().or_else(v4)?,
+    };
     let dst = canonical(dst);
-    (dst != canonical(local)).then_some(dst)
+    (dst.port() != listener.port()).then_some(dst)
 }
 
 /// `::ffff:a.b.c.d` as the IPv4 address it is.
@@ -46,6 +50,6 @@ mod tests {
         let _c = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
         // Without a REDIRECT the kernel either has no record or names the listener.
-        assert_eq!(original_dst(&s, s.local_addr().unwrap()), None);
+        assert_eq!(original_dst(&s, addr), None);
     }
 }
