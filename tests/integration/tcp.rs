@@ -51,12 +51,7 @@ async fn line_server(name: &'static str, banner: Option<&'static str>) -> Socket
 
 async fn round_trip(s: &mut TcpStream, line: &str) -> String {
     s.write_all(line.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .expect("an answer")
-        .unwrap();
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    String::from_utf8_lossy(&first_bytes(s).await).into_owned()
 }
 
 fn metric(text: &str, series: &str) -> f64 {
@@ -64,6 +59,62 @@ fn metric(text: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// What arrives first on `s` within ten seconds: empty when the connection is closed
+/// (or reset) without a byte.
+async fn first_bytes(s: &mut TcpStream) -> Vec<u8> {
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("an answer or a close within 10 s")
+        .unwrap_or(0);
+    buf.truncate(n);
+    buf
+}
+
+/// An outbound sidecar whose TCP route `db` sends everything to `to` over mTLS,
+/// proving `leaf` and expecting the server to prove DB.
+fn mtls_tcp_outbound(to: SocketAddr, leaf: &pki::Leaf, ca: &std::path::Path) -> String {
+    format!(
+        "outbound:
+  listen: 127.0.0.1:0
+  tcp_routes:
+    - {{ name: db, cluster: db }}
+clusters:
+  db:
+    protocol: tcp
+    endpoints: [{to}]
+    tls: {{ cert: {}, key: {}, ca: {}, server_identity: \"{DB}\" }}
+",
+        leaf.cert.display(),
+        leaf.key.display(),
+        ca.display()
+    )
+}
+
+/// An inbound sidecar in front of `app` proving `server`, with `extra` lines under
+/// `inbound:` and `tls_extra` under `tls:`.
+fn mtls_inbound(
+    app: SocketAddr,
+    server: &pki::Leaf,
+    ca: &std::path::Path,
+    extra: &str,
+    tls_extra: &str,
+) -> String {
+    format!(
+        "inbound:
+  listen: 127.0.0.1:0
+  forward_to: {app}
+{extra}  tls:
+    cert: {}
+    key: {}
+    client_ca: {}
+{tls_extra}",
+        server.cert.display(),
+        server.key.display(),
+        ca.display()
+    )
 }
 
 #[tokio::test]
@@ -177,12 +228,11 @@ clusters:
     let mut s = TcpStream::connect(proxy.outbound_addr().unwrap())
         .await
         .unwrap();
-    let mut buf = vec![0u8; 256];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .expect("the greeting arrives without the client speaking")
-        .unwrap();
-    assert_eq!(&buf[..n], b"220 smtp.test ready\r\n");
+    assert_eq!(
+        first_bytes(&mut s).await,
+        b"220 smtp.test ready\r\n",
+        "the greeting arrives without the client speaking"
+    );
     assert_eq!(round_trip(&mut s, "HELO me\r\n").await, "smtp:HELO me\r\n");
     let m = admin(&proxy, "/metrics").await.text();
     assert_eq!(
@@ -226,18 +276,9 @@ clusters:
     // The cluster allows one connection: a second is closed, counted as refused.
     let mut second = TcpStream::connect(addr).await.unwrap();
     second.write_all(b"y\n").await.unwrap();
-    let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buf))
-        .await
-        .expect("closed")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "the second connection is closed, not answered");
+    assert_eq!(first_bytes(&mut second).await, b"", "closed without a byte");
     // Nothing moves on the first for the idle timeout: octopus closes it.
-    let n = tokio::time::timeout(Duration::from_secs(10), first.read(&mut buf))
-        .await
-        .expect("closed when idle")
-        .unwrap_or(0);
-    assert_eq!(n, 0);
+    assert_eq!(first_bytes(&mut first).await, b"", "closed without a byte");
     let m = admin(&proxy, "/metrics").await.text();
     assert_eq!(
         metric(
@@ -274,45 +315,16 @@ async fn opaque_tcp_between_sidecars_is_mtls_wrapped_and_identity_checked() {
     // The app behind the server sidecar records every byte it receives, to prove the
     // stream arrived decrypted and unchanged.
     let app = line_server("app", None).await;
-    let inbound = start(&format!(
-        "inbound:
-  listen: 127.0.0.1:0
-  forward_to: {app}
-  opaque_ports: [{}]
-  tls:
-    cert: {}
-    key: {}
-    client_ca: {}
-    allowed_identities: [\"{FRONTEND}\"]
-",
-        app.port(),
-        server.cert.display(),
-        server.key.display(),
-        ca_path.display()
+    let inbound = start(&mtls_inbound(
+        app,
+        &server,
+        &ca_path,
+        &format!("  opaque_ports: [{}]\n", app.port()),
+        &format!("    allowed_identities: [\"{FRONTEND}\"]\n"),
     ))
     .await;
-    let outbound_for = |leaf: &pki::Leaf| {
-        format!(
-            "outbound:
-  listen: 127.0.0.1:0
-  tcp_routes:
-    - {{ name: db, cluster: db }}
-clusters:
-  db:
-    protocol: tcp
-    endpoints: [{}]
-    tls:
-      cert: {}
-      key: {}
-      ca: {}
-      server_identity: \"{DB}\"
-",
-            inbound.inbound_addr().unwrap(),
-            leaf.cert.display(),
-            leaf.key.display(),
-            ca_path.display()
-        )
-    };
+    let outbound_for =
+        |leaf: &pki::Leaf| mtls_tcp_outbound(inbound.inbound_addr().unwrap(), leaf, &ca_path);
     // A connection that closes before its first byte (a TCP check, or a sidecar that
     // dialled ahead for a server that might speak first) is no failed handshake.
     drop(
@@ -370,12 +382,7 @@ clusters:
         .await
         .unwrap();
     s.write_all(b"let me in\n").await.unwrap();
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .expect("closed")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    assert_eq!(first_bytes(&mut s).await, b"", "closed without a byte");
     let im = admin(&inbound, "/metrics").await.text();
     assert_eq!(
         metric(
@@ -390,24 +397,11 @@ clusters:
     // (say, a request with a forged x-octopus-peer-identity behind empty lines that an
     // app's parser skips): only ports the inbound side declares opaque take them.
     let web = Upstream::start("web").await;
-    let http_inbound = start(&format!(
-        "inbound:
-  listen: 127.0.0.1:0
-  forward_to: {}
-  tls:
-    cert: {}
-    key: {}
-    client_ca: {}
-",
-        web.addr(),
-        server.cert.display(),
-        server.key.display(),
-        ca_path.display()
-    ))
-    .await;
-    let sneaky = start(&outbound_for(&frontend).replace(
-        &inbound.inbound_addr().unwrap().to_string(),
-        &http_inbound.inbound_addr().unwrap().to_string(),
+    let http_inbound = start(&mtls_inbound(web.addr(), &server, &ca_path, "", "")).await;
+    let sneaky = start(&mtls_tcp_outbound(
+        http_inbound.inbound_addr().unwrap(),
+        &frontend,
+        &ca_path,
     ))
     .await;
     let mut s = TcpStream::connect(sneaky.outbound_addr().unwrap())
@@ -418,11 +412,7 @@ clusters:
         "\r\n".repeat(10)
     );
     s.write_all(forged.as_bytes()).await.unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .expect("closed")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    assert_eq!(first_bytes(&mut s).await, b"", "closed without a byte");
     assert_eq!(web.hits(), 0, "raw bytes reached the HTTP app");
     let hm = admin(&http_inbound, "/metrics").await.text();
     assert_eq!(
@@ -499,8 +489,7 @@ clusters:
             .await
             .unwrap();
         s.write_all(b"x\n").await.unwrap();
-        let mut buf = [0u8; 8];
-        let _ = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+        let _ = first_bytes(&mut s).await;
     }
     let lines = || -> Vec<serde_json::Value> {
         std::fs::read_to_string(&log)
@@ -555,21 +544,12 @@ async fn a_permissive_opaque_port_takes_plain_clients_and_peer_sidecars() {
     let frontend = ca.issue(&dir, "frontend", &[FRONTEND], false);
     // A database that greets first, behind a sidecar moving to mTLS.
     let db = line_server("db", Some("220 db ready\r\n")).await;
-    let inbound = start(&format!(
-        "inbound:
-  listen: 127.0.0.1:0
-  forward_to: {db}
-  opaque_ports: [{}]
-  tls:
-    mode: permissive
-    cert: {}
-    key: {}
-    client_ca: {}
-",
-        db.port(),
-        server.cert.display(),
-        server.key.display(),
-        ca_path.display()
+    let inbound = start(&mtls_inbound(
+        db,
+        &server,
+        &ca_path,
+        &format!("  opaque_ports: [{}]\n", db.port()),
+        "    mode: permissive\n",
     ))
     .await;
     // A plain client that waits for the greeting gets it (after the grace in which a
@@ -577,39 +557,27 @@ async fn a_permissive_opaque_port_takes_plain_clients_and_peer_sidecars() {
     let mut plain = TcpStream::connect(inbound.inbound_addr().unwrap())
         .await
         .unwrap();
-    let mut buf = vec![0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(10), plain.read(&mut buf))
-        .await
-        .expect("the greeting")
-        .unwrap();
-    assert_eq!(&buf[..n], b"220 db ready\r\n");
+    assert_eq!(
+        first_bytes(&mut plain).await,
+        b"220 db ready\r\n",
+        "the greeting"
+    );
     assert_eq!(round_trip(&mut plain, "plain\n").await, "db:plain\n");
     // A peer sidecar on the same port speaks mTLS (its ClientHello comes first).
-    let outbound = start(&format!(
-        "outbound:
-  listen: 127.0.0.1:0
-  tcp_routes:
-    - {{ name: db, cluster: db }}
-clusters:
-  db:
-    protocol: tcp
-    endpoints: [{}]
-    tls: {{ cert: {}, key: {}, ca: {}, server_identity: \"{DB}\" }}
-",
+    let outbound = start(&mtls_tcp_outbound(
         inbound.inbound_addr().unwrap(),
-        frontend.cert.display(),
-        frontend.key.display(),
-        ca_path.display()
+        &frontend,
+        &ca_path,
     ))
     .await;
     let mut meshed = TcpStream::connect(outbound.outbound_addr().unwrap())
         .await
         .unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(10), meshed.read(&mut buf))
-        .await
-        .expect("the greeting through both sidecars")
-        .unwrap();
-    assert_eq!(&buf[..n], b"220 db ready\r\n");
+    assert_eq!(
+        first_bytes(&mut meshed).await,
+        b"220 db ready\r\n",
+        "the greeting through both sidecars"
+    );
     assert_eq!(round_trip(&mut meshed, "meshed\n").await, "db:meshed\n");
     let m = admin(&inbound, "/metrics").await.text();
     assert_eq!(
