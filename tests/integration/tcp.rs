@@ -73,6 +73,13 @@ async fn first_bytes(s: &mut TcpStream) -> Vec<u8> {
     buf
 }
 
+/// Connects to `addr`, takes the server's greeting, sends `line`: (greeting, answer).
+async fn greeting_then_echo(addr: SocketAddr, line: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let greeting = String::from_utf8_lossy(&first_bytes(&mut s).await).into_owned();
+    (greeting, round_trip(&mut s, line).await)
+}
+
 /// An outbound sidecar whose TCP route `db` sends everything to `to` over mTLS,
 /// proving `leaf` and expecting the server to prove DB.
 fn mtls_tcp_outbound(to: SocketAddr, leaf: &pki::Leaf, ca: &std::path::Path) -> String {
@@ -554,15 +561,10 @@ async fn a_permissive_opaque_port_takes_plain_clients_and_peer_sidecars() {
     .await;
     // A plain client that waits for the greeting gets it (after the grace in which a
     // peer sidecar's ClientHello would have arrived), then its echo.
-    let mut plain = TcpStream::connect(inbound.inbound_addr().unwrap())
-        .await
-        .unwrap();
     assert_eq!(
-        first_bytes(&mut plain).await,
-        b"220 db ready\r\n",
-        "the greeting"
+        greeting_then_echo(inbound.inbound_addr().unwrap(), "plain\n").await,
+        ("220 db ready\r\n".into(), "db:plain\n".into())
     );
-    assert_eq!(round_trip(&mut plain, "plain\n").await, "db:plain\n");
     // A peer sidecar on the same port speaks mTLS (its ClientHello comes first).
     let outbound = start(&mtls_tcp_outbound(
         inbound.inbound_addr().unwrap(),
@@ -570,15 +572,10 @@ async fn a_permissive_opaque_port_takes_plain_clients_and_peer_sidecars() {
         &ca_path,
     ))
     .await;
-    let mut meshed = TcpStream::connect(outbound.outbound_addr().unwrap())
-        .await
-        .unwrap();
     assert_eq!(
-        first_bytes(&mut meshed).await,
-        b"220 db ready\r\n",
-        "the greeting through both sidecars"
+        greeting_then_echo(outbound.outbound_addr().unwrap(), "meshed\n").await,
+        ("220 db ready\r\n".into(), "db:meshed\n".into())
     );
-    assert_eq!(round_trip(&mut meshed, "meshed\n").await, "db:meshed\n");
     let m = admin(&inbound, "/metrics").await.text();
     assert_eq!(
         metric(&m, r#"octopus_inbound_connections_total{transport="mtls"}"#),
