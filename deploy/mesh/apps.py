@@ -3,6 +3,7 @@ mesh test (crates/octopus/tests/mesh.rs, which embeds this file), run inside the
 network namespaces they create. Standard library only.
 
   http NAME HOST PORT           an HTTP app answering JSON: app, path, request headers
+                                (HOST "::" serves IPv6)
   banner NAME HOST PORT         a server-speaks-first TCP app: a greeting on connect,
                                 then each line echoed back as NAME:line
   client HOST PORT LINE         connects, reads the greeting, sends LINE, prints
@@ -38,7 +39,11 @@ def http_app(name, host, port):
         def log_message(self, *args):
             pass
 
-    ThreadingHTTPServer((host, int(port)), Handler).serve_forever()
+    class Server(ThreadingHTTPServer):
+        # An IPv6 host ("::") serves IPv6 (and IPv4-mapped) clients.
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    Server((host, int(port)), Handler).serve_forever()
 
 
 def banner_app(name, host, port):
