@@ -591,3 +591,92 @@ async fn a_permissive_opaque_port_takes_plain_clients_and_peer_sidecars() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn opaque_ports_skip_detection_and_inbound_timeouts_apply() {
+    // outbound.opaque_ports: bytes that look like HTTP go raw to the TCP route.
+    let db = line_server("db", None).await;
+    let yaml = |opaque: &str| {
+        format!(
+            "outbound:
+  listen: 127.0.0.1:0
+  opaque_ports: [{opaque}]
+  routes:
+    - {{ name: web, match: {{ host: web }}, cluster: web }}
+  tcp_routes:
+    - {{ name: db, cluster: db }}
+clusters:
+  web:
+    endpoints: [{db}]
+  db:
+    protocol: tcp
+    endpoints: [{db}]
+"
+        )
+    };
+    let proxy = start(&yaml("1")).await;
+    let addr = proxy.outbound_addr().unwrap();
+    proxy
+        .reload(parse(&yaml(&addr.port().to_string())), None)
+        .await
+        .unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        round_trip(&mut s, "GET / HTTP/1.1\r\n").await,
+        "db:GET / HTTP/1.1\r\n",
+        "carried raw, not parsed as HTTP"
+    );
+    let m = admin(&proxy, "/metrics").await.text();
+    assert!(!m.contains("octopus_protocol_detect_seconds_count"), "{m}");
+
+    // inbound.detect_timeout and inbound.tcp_idle_timeout, on a plaintext inbound
+    // whose forward_to port is opaque: a silent client becomes TCP after the detection
+    // timeout, and an idle connection is closed after the idle timeout.
+    let quiet = line_server("quiet", None).await;
+    let inbound = start(&format!(
+        "inbound:
+  listen: 127.0.0.1:0
+  forward_to: {quiet}
+  opaque_ports: [{}]
+  detect_timeout: 100ms
+  tcp_idle_timeout: 300ms
+  tls:
+    mode: permissive
+    cert: {cert}
+    key: {key}
+    client_ca: {ca}
+",
+        quiet.port(),
+        cert = pki_leaf().0.display(),
+        key = pki_leaf().1.display(),
+        ca = pki_leaf().2.display(),
+    ))
+    .await;
+    let mut s = TcpStream::connect(inbound.inbound_addr().unwrap())
+        .await
+        .unwrap();
+    let timeouts = async || {
+        let m = admin(&inbound, "/metrics").await.text();
+        metric(
+            &m,
+            r#"octopus_protocol_detect_timeouts_total{listener="inbound"}"#,
+        )
+    };
+    assert!(eventually(Duration::from_secs(10), async || timeouts().await == 1.0).await);
+    assert_eq!(round_trip(&mut s, "late\n").await, "quiet:late\n");
+    assert_eq!(first_bytes(&mut s).await, b"", "closed once idle");
+}
+
+/// A certificate, key and CA for tests that need a TLS listener but no client of it.
+fn pki_leaf() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    static LEAF: std::sync::OnceLock<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> =
+        std::sync::OnceLock::new();
+    LEAF.get_or_init(|| {
+        let dir = pki::dir("tcp-leaf");
+        let ca = Ca::new("mesh ca");
+        let ca_path = ca.write(&dir, "ca.crt");
+        let leaf = ca.issue(&dir, "db", &[DB], false);
+        (leaf.cert, leaf.key, ca_path)
+    })
+    .clone()
+}

@@ -504,11 +504,8 @@ inbound:
             "exec 3<>/dev/tcp/10.200.0.4/9901; echo hello >&3; cat <&3",
         ],
     );
-    assert!(
-        out.status.success(),
-        "closed, not timed out: {}",
-        text(&out)
-    );
+    // Closed (cleanly or by a reset), not timed out (124).
+    assert_ne!(out.status.code(), Some(124), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "", "not a byte back");
     assert!(
         metric(
@@ -706,4 +703,54 @@ inbound:
         &[PYTHON, &apps, "client", "10.200.0.4", "5432", "after"],
     );
     assert_eq!(r["reply"], "db:after\n", "{r}");
+
+    // outbound.unmatched: refuse, by editing the file (hot reload): what no route takes
+    // fails fast instead of passing through.
+    let cfg = std::fs::read_to_string(&fe_octopus.1).unwrap();
+    let refuse = cfg.replace(
+        "  detect_timeout: 30s\n",
+        "  detect_timeout: 30s\n  unmatched: refuse\n",
+    );
+    assert_ne!(cfg, refuse);
+    let tmp = format!("{}.new", fe_octopus.1);
+    std::fs::write(&tmp, refuse).unwrap();
+    std::fs::rename(&tmp, &fe_octopus.1).unwrap();
+    w.wait("the reload to unmatched: refuse", || {
+        metric(&w.metrics("fe"), "octopus_config_generation") >= 2.0
+    });
+    let out = w.as_client(
+        "fe",
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            "http://10.200.0.5:8080/legacy-plain",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "404",
+        "{}",
+        text(&out)
+    );
+    // A TCP client that speaks first is closed as soon as its bytes show it is not
+    // HTTP (a silent one would wait for detect_timeout first).
+    let out = w.as_client(
+        "fe",
+        &[
+            "timeout",
+            "10",
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/10.200.0.5/7000; echo refused >&3; cat <&3",
+        ],
+    );
+    // Closed (a reset, since the client's line was never read), not timed out (124).
+    assert_ne!(out.status.code(), Some(124), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "not a byte back");
 }
