@@ -360,6 +360,10 @@ fn compose_configs_and_grafana_dashboard_are_valid() {
         "octopus_endpoint_ejected",
         "octopus_config_generation",
         "octopus_proxy_errors_total",
+        "octopus_tcp_connections_total",
+        "octopus_tcp_bytes_total",
+        "octopus_protocol_detect_seconds_bucket",
+        "octopus_protocol_detect_timeouts_total",
     ] {
         assert!(text.contains(metric), "dashboard does not use {metric}");
     }
