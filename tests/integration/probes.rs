@@ -259,3 +259,42 @@ async fn app_probes_answer_for_the_app_on_both_admin_ports() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("answered 500"), "{}", r.text());
 }
+
+#[tokio::test]
+async fn concurrent_probes_of_one_name_share_one_probe_of_the_app() {
+    // An app that takes a second to answer and counts the connections it gets.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = l.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    let proxy = start(&probe_config(&[(
+        "slow",
+        format!("port: {}, path: /healthz, timeout: 10s", app.port()),
+    )]))
+    .await;
+    let m = proxy.metrics_addr().unwrap();
+    let answers =
+        futures_util::future::join_all((0..8).map(|_| get(m, "kubelet", "/app-health/slow"))).await;
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Eight callers at once, one probe of the app; a later call probes afresh.
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(get(m, "kubelet", "/app-health/slow").await.status, 200);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

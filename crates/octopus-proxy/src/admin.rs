@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use octopus_config::AppProbeConfig;
 use serde_json::json;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
@@ -185,7 +186,7 @@ async fn app_health(shared: &Shared, name: &str) -> Response<Body> {
             ),
         );
     };
-    let outcome = run_app_probe(&probe).await;
+    let outcome = shared.app_probes.run(&name, &probe).await;
     // The label is the config's key, never request text, so series stay bounded.
     let result = if outcome.is_ok() { "ok" } else { "failed" };
     shared
@@ -201,6 +202,50 @@ async fn app_health(shared: &Shared, name: &str) -> Response<Body> {
             tracing::info!(probe = %name, reason = %why, "app probe failed");
             text(StatusCode::SERVICE_UNAVAILABLE, format!("{name}: {why}\n"))
         }
+    }
+}
+
+/// App probes in progress, by probe name: callers of a probe already running share
+/// its result instead of starting another, so however many requests reach
+/// `/app-health/<name>` at once (kubelet retries, a scraper, a flood from inside the
+/// allowed namespace), the app sees at most one probe of each name at a time.
+#[derive(Default)]
+pub(crate) struct AppProbes {
+    flights: std::sync::Mutex<std::collections::HashMap<String, Flight>>,
+}
+
+type Flight = futures_util::future::Shared<
+    std::pin::Pin<Box<dyn Future<Output = Result<String, String>> + Send>>,
+>;
+
+impl AppProbes {
+    /// The probe's outcome, as the text of its answer: joined if one is in progress.
+    async fn run(&self, name: &str, probe: &AppProbeConfig) -> Result<String, String> {
+        use futures_util::FutureExt;
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            flights
+                .entry(name.to_string())
+                .or_insert_with(|| {
+                    let probe = probe.clone();
+                    let run: std::pin::Pin<Box<dyn Future<Output = _> + Send>> =
+                        Box::pin(async move {
+                            run_app_probe(&probe)
+                                .await
+                                .map(|p| p.to_string())
+                                .map_err(|e| e.to_string())
+                        });
+                    run.shared()
+                })
+                .clone()
+        };
+        let outcome = flight.clone().await;
+        // The first caller to finish retires the flight; later callers start afresh.
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if flights.get(name).is_some_and(|f| f.ptr_eq(&flight)) {
+            flights.remove(name);
+        }
+        outcome
     }
 }
 

@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) failures: failure_log::FailureLog,
     /// The process' log filter, when the binary hands one in (`/log-level`).
     pub(crate) log_control: std::sync::OnceLock<Arc<dyn admin::LogControl>>,
+    /// App probes in progress, shared by concurrent callers (`/app-health`).
+    pub(crate) app_probes: admin::AppProbes,
 }
 
 impl Shared {

@@ -347,6 +347,7 @@ impl Proxy {
             inbound_requests: crate::admission::Admission::new(),
             descriptors,
             log_control: std::sync::OnceLock::new(),
+            app_probes: Default::default(),
             failures: Default::default(),
         });
         let source: std::sync::Weak<dyn octopus_metrics::EndpointSource> =
