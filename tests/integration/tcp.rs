@@ -639,7 +639,7 @@ clusters:
   forward_to: {quiet}
   opaque_ports: [{}]
   detect_timeout: 100ms
-  tcp_idle_timeout: 300ms
+  tcp_idle_timeout: 2s
   tls:
     mode: permissive
     cert: {cert}
@@ -679,4 +679,42 @@ fn pki_leaf() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
         (leaf.cert, leaf.key, ca_path)
     })
     .clone()
+}
+
+#[tokio::test]
+async fn a_connection_dialled_ahead_for_an_http_client_is_let_go() {
+    // A cluster of one connection, and an HTTP client slower than the accept: octopus
+    // dials the TCP route ahead while it waits, then the client speaks HTTP. The early
+    // connection must be closed then, not held (with the cluster's only slot) for as
+    // long as the HTTP client stays connected.
+    let db = line_server("db", None).await;
+    let web = Upstream::start("web").await;
+    let proxy = start(&format!(
+        "outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - {{ name: web, match: {{ host: web }}, cluster: web }}
+  tcp_routes:
+    - {{ name: db, cluster: db }}
+clusters:
+  web:
+    endpoints: [{}]
+  db:
+    protocol: tcp
+    endpoints: [{db}]
+    circuit_breaker: {{ max_connections: 1 }}
+",
+        web.addr()
+    ))
+    .await;
+    let addr = proxy.outbound_addr().unwrap();
+    let mut http = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = round_trip(&mut http, "GET / HTTP/1.1\r\nhost: web\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The HTTP connection is still open; the one TCP connection the cluster allows is
+    // free for a real TCP client.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(round_trip(&mut tcp, "x\n").await, "db:x\n");
+    drop(http);
 }

@@ -13,6 +13,7 @@ use serde_json::json;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 /// The process' log filter, as `/log-level` reads and changes it. The binary owns
@@ -208,10 +209,14 @@ async fn app_health(shared: &Shared, name: &str) -> Response<Body> {
 /// App probes in progress, by probe name: callers of a probe already running share
 /// its result instead of starting another, so however many requests reach
 /// `/app-health/<name>` at once (kubelet retries, a scraper, a flood from inside the
-/// allowed namespace), the app sees at most one probe of each name at a time.
+/// allowed namespace), the app sees at most one probe of each name at a time. Each
+/// probe runs in a task of its own that retires its entry when done, so a caller that
+/// gives up (the kubelet's timeout) neither stalls the probe nor leaves a half-run one
+/// for the next caller.
 #[derive(Default)]
 pub(crate) struct AppProbes {
-    flights: std::sync::Mutex<std::collections::HashMap<String, Flight>>,
+    flights: Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, Flight)>>>,
+    next: std::sync::atomic::AtomicU64,
 }
 
 type Flight = futures_util::future::Shared<
@@ -224,28 +229,35 @@ impl AppProbes {
         use futures_util::FutureExt;
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-            flights
-                .entry(name.to_string())
-                .or_insert_with(|| {
-                    let probe = probe.clone();
-                    let run: std::pin::Pin<Box<dyn Future<Output = _> + Send>> =
+            match flights.get(name) {
+                Some((_, f)) => f.clone(),
+                None => {
+                    let id = self.next.fetch_add(1, Ordering::Relaxed);
+                    let (probe, key, map) =
+                        (probe.clone(), name.to_string(), Arc::clone(&self.flights));
+                    let task = tokio::spawn(async move {
+                        let outcome = run_app_probe(&probe)
+                            .await
+                            .map(|p| p.to_string())
+                            .map_err(|e| e.to_string());
+                        let mut flights = map.lock().unwrap_or_else(|p| p.into_inner());
+                        if flights.get(&key).is_some_and(|(i, _)| *i == id) {
+                            flights.remove(&key);
+                        }
+                        outcome
+                    });
+                    let joined: std::pin::Pin<Box<dyn Future<Output = _> + Send>> =
                         Box::pin(async move {
-                            run_app_probe(&probe)
-                                .await
-                                .map(|p| p.to_string())
-                                .map_err(|e| e.to_string())
+                            task.await
+                                .unwrap_or_else(|e| Err(format!("the probe failed to run: {e}")))
                         });
-                    run.shared()
-                })
-                .clone()
+                    let f = joined.shared();
+                    flights.insert(name.to_string(), (id, f.clone()));
+                    f
+                }
+            }
         };
-        let outcome = flight.clone().await;
-        // The first caller to finish retires the flight; later callers start afresh.
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if flights.get(name).is_some_and(|f| f.ptr_eq(&flight)) {
-            flights.remove(name);
-        }
-        outcome
+        flight.await
     }
 }
 

@@ -243,7 +243,7 @@ async fn respond(
                 None => match (out, conn.passthrough) {
                     (Some(out), Some(dst)) => Target::Passthrough(
                         &out.passthrough,
-                        connection_endpoint(shared, conn, dst, &req, dir),
+                        connection_endpoint(shared, conn, dst, &req, dir, None),
                     ),
                     _ => return fail(ProxyError::NoRoute, early, start, note, &report),
                 },
@@ -252,8 +252,9 @@ async fn respond(
         Direction::Inbound => match snap.inbound.as_ref() {
             Some(inb) => Target::Inbound(
                 inb,
-                conn.passthrough
-                    .map(|port| connection_endpoint(shared, conn, port, &req, dir)),
+                conn.passthrough.map(|port| {
+                    connection_endpoint(shared, conn, port, &req, dir, inb.cluster.limits())
+                }),
             ),
             None => return fail(ProxyError::NoRoute, early, start, note, &report),
         },
@@ -475,8 +476,8 @@ async fn forward(
 }
 
 /// The connection's own endpoint for where its unrouted requests go (outbound: the
-/// original destination; inbound: the app port the peer connected to), opened by the
-/// first such request: HTTP/2 when the client spoke HTTP/2 (prior knowledge, so the
+/// original destination; inbound: the app port the peer connected to, under the local
+/// app's connection limit), opened by the first such request: HTTP/2 when the client spoke HTTP/2 (prior knowledge, so the
 /// destination does too), else HTTP/1.1. Its connections count against the side's
 /// descriptors like any other.
 fn connection_endpoint<B>(
@@ -485,6 +486,7 @@ fn connection_endpoint<B>(
     dst: std::net::SocketAddr,
     req: &Request<B>,
     dir: Direction,
+    limits: Option<std::sync::Arc<crate::circuit_breaker::Circuit>>,
 ) -> std::sync::Arc<Endpoint> {
     conn.passthrough_endpoint
         .get_or_init(|| {
@@ -509,7 +511,7 @@ fn connection_endpoint<B>(
                 label.into(),
                 dst,
                 &ConnectionSpec::new(protocol, timeout),
-                None,
+                limits,
                 None,
                 Some(descriptors.clone()),
                 None,

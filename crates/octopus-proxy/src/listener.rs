@@ -440,7 +440,10 @@ where
         };
         let plaintext = tls.is_some();
         match sniffed {
-            Sniffed::Client(Protocol::Tls, _) if tls.is_some() => {
+            Sniffed::Client(Protocol::Tls, pending) if tls.is_some() => {
+                // A connection dialled ahead is closed now, not kept (with its slot,
+                // descriptor and in-flight count) for this connection's whole life.
+                drop(pending);
                 detected("tls");
                 match tls {
                     Some(tls) => self.mtls(stream, tls, plan).await,
@@ -453,7 +456,8 @@ where
                 let dialled = pending.finish().await;
                 self.opaque(stream, plan, dialled, Vec::new(), None).await
             }
-            Sniffed::Client(p @ (Protocol::Http1 | Protocol::Http2), _) => {
+            Sniffed::Client(p @ (Protocol::Http1 | Protocol::Http2), pending) => {
+                drop(pending);
                 detected(p.name());
                 self.count_plaintext(plaintext);
                 let to = plan.http_to;

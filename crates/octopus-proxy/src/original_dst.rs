@@ -10,8 +10,9 @@ use std::os::fd::AsFd;
 /// connection made straight to the listener (no REDIRECT applied: conntrack records
 /// the listener's own port) or when the kernel keeps no record (conntrack not
 /// loaded). Judged by the port alone, so the accept path needs no getsockname: a
-/// connection redirected from the listener's own port number elsewhere is served as
-/// a direct one, which is what it would get without capture.
+/// captured connection to some other host's port equal to the listener's is taken
+/// for a direct one (docs/configuration.md asks to keep octopus' ports free in the
+/// mesh, as Istio reserves its own).
 pub fn original_dst<S: AsFd>(socket: &S, listener: SocketAddr) -> Option<SocketAddr> {
     use nix::sys::socket::{getsockopt, sockopt, SockaddrIn, SockaddrIn6};
     let v4 = || {

@@ -64,9 +64,9 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 pub struct Upstream {
     io: Box<dyn Io>,
     pub endpoint: Option<SocketAddr>,
-    /// The route's cluster and endpoint, told when the connection is carried: one
-    /// dialled ahead and dropped (the client spoke HTTP) counts for nothing.
-    picked: Option<(Arc<super::TcpRoute>, Arc<Endpoint>)>,
+    /// The endpoint, told when the connection is carried: one dialled ahead and
+    /// dropped (the client spoke HTTP) is no connection of the endpoint's.
+    picked: Option<Arc<Endpoint>>,
     _held: Option<Held>,
 }
 
@@ -88,7 +88,11 @@ impl Destination {
                     tried.push(ep.addr());
                     match dial_endpoint(&ep).await {
                         Ok(mut up) => {
-                            up.picked = Some((route.clone(), ep));
+                            // A dial that worked speaks for the endpoint whether or not
+                            // the connection is then carried (a dial ahead for a client
+                            // that spoke HTTP), as a refused one speaks against it.
+                            cluster.record_dial(&ep, true);
+                            up.picked = Some(ep);
                             return Ok(up);
                         }
                         Err(e) if e.is_dial_failure() => {
@@ -149,12 +153,10 @@ async fn dial_endpoint(ep: &Arc<Endpoint>) -> Result<Upstream, ConnectError> {
 }
 
 impl Upstream {
-    /// The connection is carried: it counts for its endpoint (`/clusters`) and, as a
-    /// dial that worked, for outlier detection.
+    /// The connection is carried: it counts for its endpoint (`/clusters`).
     pub(crate) fn carried(&mut self) {
-        if let Some((route, ep)) = self.picked.take() {
+        if let Some(ep) = self.picked.take() {
             ep.count_request();
-            route.cluster.record_dial(&ep, true);
         }
     }
 }
