@@ -651,6 +651,8 @@ pub struct ClusterTlsConfig {
 
 /// Default largest request or response head, in bytes (listeners and clusters).
 pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
+/// Protocols a client may `Upgrade` to unless a route (or `inbound`) says otherwise.
+pub const DEFAULT_UPGRADES: &[&str] = &["websocket"];
 /// A stalled request body is abandoned after this long unless a route says otherwise.
 pub const DEFAULT_REQUEST_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Default most header fields in a request or response head.
@@ -739,7 +741,10 @@ mod defaults {
         10_000
     }
     pub fn upgrades() -> Vec<String> {
-        vec!["websocket".into()]
+        super::DEFAULT_UPGRADES
+            .iter()
+            .map(|u| u.to_string())
+            .collect()
     }
     pub fn request_body_timeout() -> Duration {
         Duration(super::DEFAULT_REQUEST_BODY_TIMEOUT)

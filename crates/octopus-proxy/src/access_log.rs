@@ -115,10 +115,15 @@ impl Record {
             trace_id: self.trace_id.as_deref(),
             peer_identity: self.peer_identity.as_deref(),
         };
-        // Serialising plain strings and numbers into a Vec cannot fail.
-        if serde_json::to_writer(&mut *out, &line).is_ok() {
-            out.push(b'\n');
-        }
+        push_line(out, &line);
+    }
+}
+
+/// Appends `line` as one JSON line. Serialising plain strings and numbers into a Vec
+/// cannot fail.
+fn push_line(out: &mut Vec<u8>, line: &impl Serialize) {
+    if serde_json::to_writer(&mut *out, line).is_ok() {
+        out.push(b'\n');
     }
 }
 
@@ -182,9 +187,7 @@ impl TcpRecord {
             bytes_out: self.bytes_out,
             peer_identity: self.peer_identity.as_deref(),
         };
-        if serde_json::to_writer(&mut *out, &line).is_ok() {
-            out.push(b'\n');
-        }
+        push_line(out, &line);
     }
 }
 

@@ -37,14 +37,10 @@ pub(crate) async fn handle(
     if req.uri().path() == "/log-level" {
         return log_level(shared, req, peer).await;
     }
-    if let Some(refused) = read_only(&req) {
-        return refused;
-    }
-    if let Some(name) = req.uri().path().strip_prefix(APP_HEALTH) {
-        return app_health(shared, name).await;
+    if let Some(resp) = on_both_ports(shared, &req).await {
+        return resp;
     }
     match req.uri().path() {
-        "/metrics" => metrics_page(shared),
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" => {
             if shared.ready.load(Ordering::Acquire) {
@@ -130,19 +126,25 @@ async fn log_level(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) ->
 /// (`/app-health/<name>`) and nothing else, so Prometheus and the kubelet can reach it
 /// from outside the pod while `/config` and `/log-level` stay on loopback.
 pub(crate) async fn metrics_only<B>(shared: &Shared, req: Request<B>) -> Response<Body> {
-    if let Some(refused) = read_only(&req) {
-        return refused;
-    }
-    if let Some(name) = req.uri().path().strip_prefix(APP_HEALTH) {
-        return app_health(shared, name).await;
-    }
-    match req.uri().path() {
-        "/metrics" => metrics_page(shared),
-        _ => text(
+    match on_both_ports(shared, &req).await {
+        Some(resp) => resp,
+        None => text(
             StatusCode::NOT_FOUND,
             "only /metrics and /app-health/<name> are served on this port; the rest of admin is on admin.listen\n",
         ),
     }
+}
+
+/// What `admin.listen` and `admin.metrics_listen` both answer: a refusal of anything
+/// but GET/HEAD, `/metrics`, and the app probes. `None`: not one of these.
+async fn on_both_ports<B>(shared: &Shared, req: &Request<B>) -> Option<Response<Body>> {
+    if let Some(refused) = read_only(req) {
+        return Some(refused);
+    }
+    if let Some(name) = req.uri().path().strip_prefix(APP_HEALTH) {
+        return Some(app_health(shared, name).await);
+    }
+    (req.uri().path() == "/metrics").then(|| metrics_page(shared))
 }
 
 /// Where the app probes are served: `/app-health/<name>`, Istio's spelling, so a pod

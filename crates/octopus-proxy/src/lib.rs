@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+mod activity;
 mod admin;
 pub mod admission;
 pub mod balance;

@@ -3,6 +3,7 @@
 //! asks open connections to close after their in-flight requests, and waits. A
 //! connection idle for the listener's `idle_timeout` is closed the same graceful way.
 
+use crate::activity::Activity;
 use crate::body::Body;
 use crate::counted::{ByteCounters, Counted};
 use crate::original_dst::original_dst;
@@ -16,7 +17,7 @@ use octopus_metrics::Metrics;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -308,7 +309,7 @@ pub(crate) async fn serve<H, Fut>(
                 destination: dst,
             };
             tokio::spawn(async move {
-                let result = Box::pin(job.run(stream, plan, tls, dst)).await;
+                let result = Box::pin(job.run(stream, plan, tls)).await;
                 end.finish(result);
             });
         }
@@ -382,9 +383,9 @@ where
         stream: tokio::net::TcpStream,
         plan: Plan,
         tls: Option<Arc<octopus_tls::ServerTls>>,
-        dst: Option<SocketAddr>,
     ) -> Result<(), BoxError> {
         use crate::detect::{Protocol, Sniffed, Speaker};
+        let dst = self.destination;
         let permissive = tls
             .as_ref()
             .is_none_or(|t| t.spec().mode == octopus_config::TlsMode::Permissive);
@@ -438,7 +439,7 @@ where
                     .observe(start.elapsed().as_secs_f64());
             }
         };
-        let plaintext = tls.is_some();
+        let tls_listener = tls.is_some();
         match sniffed {
             Sniffed::Client(Protocol::Tls, pending) if tls.is_some() => {
                 // A connection dialled ahead is closed now, not kept (with its slot,
@@ -452,20 +453,20 @@ where
             }
             Sniffed::Client(p, pending) if plan.opaque_only => {
                 detected(p.name());
-                self.count_plaintext(plaintext);
+                self.count_plaintext(tls_listener);
                 let dialled = pending.finish().await;
                 self.opaque(stream, plan, dialled, Vec::new(), None).await
             }
             Sniffed::Client(p @ (Protocol::Http1 | Protocol::Http2), pending) => {
                 drop(pending);
                 detected(p.name());
-                self.count_plaintext(plaintext);
+                self.count_plaintext(tls_listener);
                 let to = plan.http_to;
                 self.plain_http(stream, to).await
             }
             Sniffed::Client(p, pending) => {
                 detected(p.name());
-                self.count_plaintext(plaintext);
+                self.count_plaintext(tls_listener);
                 if !plan.detect {
                     // Not captured and not HTTP: hyper answers it 400, as before.
                     return self.plain_http(stream, None).await;
@@ -485,7 +486,7 @@ where
                     }
                 }
                 detected("opaque");
-                self.count_plaintext(plaintext);
+                self.count_plaintext(tls_listener);
                 self.opaque(stream, plan, Some(Ok(up)), greeting, None)
                     .await
             }
@@ -502,7 +503,7 @@ where
                     .protocol_detect_timeouts_total
                     .with_label_values(&[self.side.name])
                     .inc();
-                self.count_plaintext(plaintext);
+                self.count_plaintext(tls_listener);
                 let dialled = pending.finish().await;
                 self.opaque(stream, plan, dialled, Vec::new(), None).await
             }
@@ -542,12 +543,6 @@ where
             return Ok(());
         };
         let mut line = self.tcp_line(&plan, identity);
-        let finish = |line: Option<crate::access_log::TcpRecord>| {
-            if let (Some(log), Some(mut rec)) = (&plan.log, line) {
-                rec.duration = self.accepted.elapsed();
-                log.write_tcp(rec);
-            }
-        };
         if let Some(rec) = line.as_mut() {
             rec.route = dest.route();
             rec.cluster = dest.cluster();
@@ -585,7 +580,7 @@ where
                 }
             }
         }
-        finish(line);
+        self.write_line(&plan, line);
         Ok(())
     }
 
@@ -613,17 +608,25 @@ where
         })
     }
 
+    /// Writes an opaque connection's line, timed from its accept to now.
+    fn write_line(&self, plan: &Plan, line: Option<crate::access_log::TcpRecord>) {
+        if let (Some(log), Some(mut rec)) = (&plan.log, line) {
+            rec.duration = self.accepted.elapsed();
+            log.write_tcp(rec);
+        }
+    }
+
     /// Closes an opaque connection nothing may take: counted, logged at debug (a peer
     /// could otherwise flood the log), and in the access log.
     fn refuse(&self, plan: &Plan, why: &str, identity: Option<Arc<str>>) {
         if let Some(m) = &plan.refused {
             m.refuse();
         }
-        if let (Some(log), Some(mut rec)) = (&plan.log, self.tcp_line(plan, identity)) {
+        let mut line = self.tcp_line(plan, identity);
+        if let Some(rec) = line.as_mut() {
             rec.error = Some(why.to_string());
-            rec.duration = self.accepted.elapsed();
-            log.write_tcp(rec);
         }
+        self.write_line(plan, line);
         tracing::debug!(peer = %self.peer, listener = self.side.name, why, "opaque connection closed");
     }
 
@@ -705,60 +708,6 @@ where
     }
     conn.as_mut().graceful_shutdown();
     conn.await
-}
-
-/// When a connection last had a request, for its idle timeout. Requests count from
-/// their head until their response head; a response body streaming afterwards is
-/// never cut (the close is graceful), it only stops the connection taking new ones.
-pub(crate) struct Activity {
-    start: Instant,
-    in_flight: AtomicUsize,
-    /// Milliseconds after `start` at which the connection last became idle.
-    idle_since_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            start: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            idle_since_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn begin(self: &Arc<Self>) -> ActiveRequest {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        ActiveRequest(self.clone())
-    }
-
-    /// Resolves once the connection has been idle for `idle`.
-    async fn idle_for(&self, idle: Duration) {
-        loop {
-            let wait = if self.in_flight.load(Ordering::Acquire) > 0 {
-                idle
-            } else {
-                let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-                match (since + idle).checked_sub(self.start.elapsed()) {
-                    None => return,
-                    Some(left) if left.is_zero() => return,
-                    Some(left) => left,
-                }
-            };
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
-/// Marks one request in progress on its connection until dropped.
-struct ActiveRequest(Arc<Activity>);
-
-impl Drop for ActiveRequest {
-    fn drop(&mut self) {
-        let a = &self.0;
-        a.idle_since_ms
-            .store(a.start.elapsed().as_millis() as u64, Ordering::Release);
-        a.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 fn service<H, Fut>(

@@ -212,16 +212,18 @@ impl listener::Settings for FromSnapshot {
 
     fn plan(&self, dst: SocketAddr, captured: bool) -> listener::Plan {
         let snap = self.shared.snapshot.load();
-        let fds = self.descriptors();
         match self.kind {
             Kind::OUTBOUND => {
                 let Some(out) = snap.outbound.as_ref() else {
                     return listener::Plan::http();
                 };
                 let t = &out.tcp;
-                let opaque = t.destination(dst, captured, fds);
                 // A direct connection no TCP route takes is HTTP as it always was: no
-                // detection, no delay, no cost.
+                // detection, no delay, no cost (decided before anything is cloned).
+                if !captured && !t.has_routes() {
+                    return listener::Plan::http();
+                }
+                let opaque = t.destination(dst, captured, self.descriptors());
                 if !captured && opaque.is_none() {
                     return listener::Plan::http();
                 }
@@ -263,7 +265,7 @@ impl listener::Settings for FromSnapshot {
                             app,
                             inb.tcp_idle_timeout,
                             inb.tcp.clone(),
-                            fds,
+                            self.descriptors(),
                             inb.cluster.limits(),
                         )
                     }),

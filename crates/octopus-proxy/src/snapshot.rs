@@ -220,7 +220,10 @@ fn compile_outbound(
                 crate::tcp::PASSTHROUGH,
                 crate::tcp::PASSTHROUGH,
             ),
-            upgrades: vec!["websocket".into()],
+            upgrades: octopus_config::DEFAULT_UPGRADES
+                .iter()
+                .map(|u| u.to_string())
+                .collect(),
             request_body_timeout: octopus_config::DEFAULT_REQUEST_BODY_TIMEOUT,
         },
     })
