@@ -58,7 +58,7 @@ pub(crate) fn check(c: &Config, checks: Checks) -> Vec<ConfigError> {
         }
         v.ports("inbound.opaque_ports", &inb.opaque_ports);
         v.detect_timeout("inbound.detect_timeout", inb.detect_timeout);
-        v.at_least_10ms("inbound.tcp_idle_timeout", inb.tcp_idle_timeout);
+        v.at_least_10ms("inbound.tcp_idle_timeout", inb.tcp_idle_timeout.get());
     }
     if let Some(inb) = &c.inbound {
         if let Some(tls) = &inb.tls {
@@ -246,15 +246,11 @@ impl Checker {
             ("inbound", c.inbound.as_ref().map(|i| i.limits())),
         ] {
             let Some(l) = limits else { continue };
-            if l.header_read_timeout < std::time::Duration::from_millis(10) {
-                self.err(
-                    format!("{prefix}.header_read_timeout"),
-                    "must be at least 10ms",
-                );
-            }
-            if l.idle_timeout < std::time::Duration::from_millis(10) {
-                self.err(format!("{prefix}.idle_timeout"), "must be at least 10ms");
-            }
+            self.at_least_10ms(
+                &format!("{prefix}.header_read_timeout"),
+                l.header_read_timeout,
+            );
+            self.at_least_10ms(&format!("{prefix}.idle_timeout"), l.idle_timeout);
             if l.max_connections == 0 {
                 self.err(format!("{prefix}.max_connections"), "must be at least 1");
             }
@@ -292,7 +288,7 @@ impl Checker {
                 self.err("inbound.forward_to", "port 0 is not a valid destination");
             }
             self.upgrades("inbound.upgrades", &i.upgrades);
-            self.body_timeout("inbound.request_body_timeout", i.request_body_timeout);
+            self.at_least_10ms("inbound.request_body_timeout", i.request_body_timeout.get());
             self.limits("inbound.circuit_breaker", &i.circuit_breaker);
         }
     }
@@ -386,7 +382,10 @@ impl Checker {
                     self.err(format!("{p}.rate_limit.burst"), "must be at least 1");
                 }
             }
-            self.body_timeout(&format!("{p}.request_body_timeout"), r.request_body_timeout);
+            self.at_least_10ms(
+                &format!("{p}.request_body_timeout"),
+                r.request_body_timeout.get(),
+            );
         }
     }
 
@@ -421,7 +420,7 @@ impl Checker {
             if r.matches.port == Some(0) {
                 self.err(format!("{p}.match.port"), "port 0 is not a destination");
             }
-            self.at_least_10ms(&format!("{p}.idle_timeout"), r.idle_timeout);
+            self.at_least_10ms(&format!("{p}.idle_timeout"), r.idle_timeout.get());
         }
         self.ports("outbound.opaque_ports", &out.opaque_ports);
         self.detect_timeout("outbound.detect_timeout", out.detect_timeout);
@@ -498,11 +497,13 @@ impl Checker {
         if d.get() > std::time::Duration::from_secs(60) {
             self.err(p, "must be at most 1m");
         }
-        self.at_least_10ms(p, d);
+        self.at_least_10ms(p, d.get());
     }
 
-    fn at_least_10ms(&mut self, p: &str, d: crate::types::Duration) {
-        if d.get() < std::time::Duration::from_millis(10) {
+    /// Timeouts and intervals shorter than 10ms are typos (`10` for `10s`), not
+    /// settings.
+    fn at_least_10ms(&mut self, p: &str, d: std::time::Duration) {
+        if d < std::time::Duration::from_millis(10) {
             self.err(p, "must be at least 10ms");
         }
     }
@@ -534,12 +535,6 @@ impl Checker {
             if v == 0 {
                 self.err(format!("{p}.{key}"), "must be at least 1");
             }
-        }
-    }
-
-    fn body_timeout(&mut self, p: &str, t: crate::types::Duration) {
-        if t.get() < std::time::Duration::from_millis(10) {
-            self.err(p, "must be at least 10ms");
         }
     }
 
@@ -701,9 +696,7 @@ impl Checker {
         if let Some(cb) = &c.circuit_breaker {
             self.limits(&format!("{p}.circuit_breaker"), cb);
         }
-        if c.pool.idle_timeout.get() < std::time::Duration::from_millis(10) {
-            self.err(format!("{p}.pool.idle_timeout"), "must be at least 10ms");
-        }
+        self.at_least_10ms(&format!("{p}.pool.idle_timeout"), c.pool.idle_timeout.get());
         if c.pool.max_streams_per_connection == 0 {
             self.err(
                 format!("{p}.pool.max_streams_per_connection"),
