@@ -370,38 +370,71 @@ impl From<String> for Hosts {
 
 impl<'de> Deserialize<'de> for Hosts {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> de::Visitor<'de> for V {
-            type Value = Hosts;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a host name or a list of host names")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Hosts, E> {
-                Ok(Hosts::from(v))
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Hosts, A::Error> {
-                let mut hosts = Vec::new();
-                while let Some(h) = seq.next_element::<String>()? {
-                    hosts.push(h);
-                }
-                if hosts.is_empty() {
-                    return Err(de::Error::custom(
-                        "an empty list matches nothing; leave `host` out to match any host",
-                    ));
-                }
-                Ok(Hosts(hosts))
-            }
-        }
-        d.deserialize_any(V)
+        one_or_many(
+            d,
+            "a host name or a list of host names",
+            "an empty list matches nothing; leave `host` out to match any host",
+        )
+        .map(Hosts)
     }
 }
 
 impl Serialize for Hosts {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0.as_slice() {
-            [one] => s.serialize_str(one),
-            many => many.serialize(s),
+        serialize_one_or_many(&self.0, s)
+    }
+}
+
+/// One value or a non-empty list of them (`host: a`, `host: [a, b]`), as a list;
+/// `empty` says why an empty list is refused.
+fn one_or_many<'de, D, T>(
+    d: D,
+    expecting: &'static str,
+    empty: &'static str,
+) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T> {
+        expecting: &'static str,
+        empty: &'static str,
+        item: std::marker::PhantomData<T>,
+    }
+    impl<'de, T: Deserialize<'de>> de::Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.expecting)
         }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<T>, E> {
+            T::deserialize(de::value::StrDeserializer::<E>::new(v)).map(|t| vec![t])
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element::<T>()? {
+                items.push(item);
+            }
+            if items.is_empty() {
+                return Err(de::Error::custom(self.empty));
+            }
+            Ok(items)
+        }
+    }
+    d.deserialize_any(V {
+        expecting,
+        empty,
+        item: std::marker::PhantomData,
+    })
+}
+
+/// Prints a list the way it was most likely written: one value bare, more as a list.
+fn serialize_one_or_many<S: Serializer, T: Serialize>(
+    items: &[T],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match items {
+        [one] => one.serialize(s),
+        many => many.serialize(s),
     }
 }
 
@@ -569,38 +602,18 @@ impl Cidrs {
 
 impl<'de> Deserialize<'de> for Cidrs {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> de::Visitor<'de> for V {
-            type Value = Cidrs;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a network such as 10.0.0.0/8, or a list of them")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Cidrs, E> {
-                v.parse().map(|c| Cidrs(vec![c])).map_err(E::custom)
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Cidrs, A::Error> {
-                let mut out = Vec::new();
-                while let Some(c) = seq.next_element::<Cidr>()? {
-                    out.push(c);
-                }
-                if out.is_empty() {
-                    return Err(de::Error::custom(
-                        "an empty list matches nothing; leave `destination` out to match any",
-                    ));
-                }
-                Ok(Cidrs(out))
-            }
-        }
-        d.deserialize_any(V)
+        one_or_many(
+            d,
+            "a network such as 10.0.0.0/8, or a list of them",
+            "an empty list matches nothing; leave `destination` out to match any",
+        )
+        .map(Cidrs)
     }
 }
 
 impl Serialize for Cidrs {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0.as_slice() {
-            [one] => one.serialize(s),
-            many => many.serialize(s),
-        }
+        serialize_one_or_many(&self.0, s)
     }
 }
 

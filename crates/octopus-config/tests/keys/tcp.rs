@@ -184,3 +184,21 @@ clusters:
     // Its own inbound listener is a fine endpoint: one octopus as both sidecars.
     assert!(!all.contains("clusters.db.endpoints[1]"), "{all}");
 }
+
+#[test]
+fn an_empty_list_of_hosts_or_networks_is_refused() {
+    let e = errors(
+        "outbound:\n  listen: 127.0.0.1:1\n  routes:\n    - { name: a, match: { host: [] }, cluster: c }\n",
+    );
+    assert!(
+        e[0].contains("line 4") && e[0].contains("leave `host` out to match any host"),
+        "{e:?}"
+    );
+    let e = errors(
+        "outbound:\n  listen: 127.0.0.1:1\n  tcp_routes:\n    - { name: a, cluster: c, match: { destination: [] } }\n",
+    );
+    assert!(
+        e[0].contains("line 4") && e[0].contains("leave `destination` out to match any"),
+        "{e:?}"
+    );
+}
