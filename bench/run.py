@@ -421,6 +421,23 @@ def summary(results, s4):
     return lines + [""]
 
 
+def write_report(name, text):
+    """Writes OUT/name and prints it; hand-written analysis below the marker in the
+    existing file survives a re-run."""
+    os.makedirs(OUT, exist_ok=True)
+    path = os.path.join(OUT, name)
+    marker = "<!-- analysis: kept across runs -->"
+    try:
+        old = open(path).read()
+        if marker in old:
+            text += "\n" + old[old.index(marker):]
+    except FileNotFoundError:
+        pass
+    with open(path, "w") as f:
+        f.write(text)
+    print(text)
+
+
 def report(results, layers, idle, s4, versions, observed):
     med = lambda s, t, k: median([x[k] for x in results[s][t]])
     o1, o2 = med("h1", "octopus", "rps"), med("h2", "octopus", "rps")
@@ -520,19 +537,7 @@ def report(results, layers, idle, s4, versions, observed):
     errs = [f"{t} ({s})" for s in ("h1", "big", "mtls", "c1") for t in results[s] if any(x["errors"] for x in results[s][t])]
     if errs:
         lines.append(f"Warning: non-2xx responses or socket errors were seen for: {', '.join(sorted(set(errs)))}.")
-    text = "\n".join(lines) + "\n"
-    # Hand-written analysis below the marker survives a re-run.
-    os.makedirs(OUT, exist_ok=True)
-    path = os.path.join(OUT, "benchmarks.md")
-    marker = "<!-- analysis: kept across runs -->"
-    try:
-        old = open(path).read()
-        if marker in old:
-            text += "\n" + old[old.index(marker):]
-    except FileNotFoundError:
-        pass
-    open(path, "w").write(text)
-    print(text)
+    write_report("benchmarks.md", "\n".join(lines) + "\n")
     try:
         import matplotlib
         matplotlib.use("Agg")

@@ -53,7 +53,10 @@ def iperf(port):
     r = B.sh(["taskset", "-c", B.LOAD_CPU, "iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(SECS), "-J"])
     if r.returncode != 0:
         raise SystemExit(f"iperf3 to {port}: {r.stdout[-800:]} {r.stderr}")
-    return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+    out = json.loads(r.stdout)
+    if "error" in out:
+        raise SystemExit(f"iperf3 to {port}: {out['error']}")
+    return out["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
 def main():
@@ -86,7 +89,7 @@ def main():
         octopus(run, "two-b", tcp_route(25441, 29922, SERVER))
         octopus(run, "mtls-a", tcp_route(PORTS["octopus, 2 sidecars + mTLS"], 29923, 25451, MTLS_CLIENT))
         octopus(run, "mtls-b", "admin: { listen: 127.0.0.1:29924 }\ninbound:\n  listen: 127.0.0.1:25451\n"
-                f"  forward_to: 127.0.0.1:{SERVER}\n"
+                f"  forward_to: 127.0.0.1:{SERVER}\n  opaque_ports: [{SERVER}]\n"
                 "  tls: { cert: RUNDIR/server.crt, key: RUNDIR/server.key, client_ca: RUNDIR/ca.crt }\n")
         for port in list(PORTS.values()) + [25441, 25451]:
             B.wait_port(port)
@@ -113,21 +116,7 @@ def report(results):
     for t, xs in results.items():
         m = statistics.median(xs)
         lines.append(f"| {t} | {m:.2f} ({min(xs):.2f}-{max(xs):.2f}) | {m / direct:.2f}x |")
-    text = "\n".join(lines) + "\n"
-    out = os.path.abspath(os.environ.get("BENCH_OUT") or os.path.join(B.ROOT, "docs"))
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "benchmarks-tcp.md")
-    # Hand-written analysis below the marker survives a re-run.
-    marker = "<!-- analysis: kept across runs -->"
-    try:
-        old = open(path).read()
-        if marker in old:
-            text += "\n" + marker + old.split(marker, 1)[1]
-    except FileNotFoundError:
-        pass
-    with open(path, "w") as f:
-        f.write(text)
-    print(text)
+    B.write_report("benchmarks-tcp.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
